@@ -1,0 +1,1 @@
+"""The thin Click layer over :mod:`pointparse` (installed as ``pointparse.cli``)."""

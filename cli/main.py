@@ -1,0 +1,207 @@
+"""``pointparse`` command line: a thin Click layer over :mod:`pointparse.stages`.
+
+Every command maps its options onto the library's dataclasses and calls one stage function; all
+user-facing errors are :class:`pointparse.errors.PointParseError` and become one line on stderr
+with exit code 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from pointparse.cache import CACHE_ENV, StageCache
+from pointparse.errors import PointParseError
+
+from .options import dataset_options, parse_kv, spec_from_options
+
+
+def _friendly(fn):
+    """Turn library errors into one clear message and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PointParseError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _report(result, what: str) -> None:
+    state = "reused cached" if result.cached else "wrote"
+    click.echo(f"{what}: {state} artefact {result.path}  (key {result.key[:12]})")
+
+
+cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                            help=f"Cache root (default: ${CACHE_ENV} or ./.pointparse-cache).")
+force_option = click.option("--force", is_flag=True, help="Recompute even when a cached artefact matches.")
+content_option = click.option("--content-hash", is_flag=True,
+                              help="Fingerprint dataset files by content instead of size+mtime.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="pointparse")
+def main():
+    """Point-supervised scene parsing: clicks from masks, PDML training, online label extension.
+
+    Each command is a cached stage: run twice with the same inputs and parameters and the second
+    run reuses the artefact instead of recomputing it.
+    """
+
+
+@main.command("make-points")
+@dataset_options
+@click.option("--click", "click_model", default="center", show_default=True,
+              help="Click model: center | random | annotator.")
+@click.option("--min-area", default=16, show_default=True, type=int, help="Smallest instance (pixels) that gets a click.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--sparse-labels", is_flag=True, help="Also write sparse/<image>.png label maps (255 off the clicks).")
+@click.option("--workers", default=None, type=int, help="Worker processes (default: all cores; 0 = serial).")
+@cache_option
+@force_option
+@content_option
+@quiet_option
+@_friendly
+def make_points_cmd(kind, root, split, options, click_model, min_area, seed, sparse_labels, workers, cache_dir,
+                    force, content_hash, quiet):
+    """Simulate one click per instance and write the points artefact.
+
+    Output: points.json (COCO-style, detectron2 PointSup compatible), points.csv, stats.json.
+    """
+    from pointparse.points import MakePointsConfig
+    from pointparse.stages import run_make_points
+
+    cfg = MakePointsConfig(click=click_model, min_area=min_area, seed=seed, sparse_labels=sparse_labels,
+                           workers=workers)
+    res = run_make_points(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), force=force,
+                          content_hash=content_hash, progress=not quiet)
+    _report(res, "make-points")
+    s = res.manifest.get("summary", {})
+    if s:
+        n, p = s.get("num_images", 0), s.get("num_points", 0)
+        click.echo(f"  {n} images, {p} clicks ({p / max(n, 1):.2f} per image); see {res.path / 'stats.json'}")
+
+
+def _train_options(fn):
+    opts = [
+        click.option("--supervision", type=click.Choice(["points", "full"]), default="points", show_default=True),
+        click.option("--points", "points_ref", default=None, help="make-points artefact folder or cache key."),
+        click.option("--backbone", default="efficientnet_lite0", show_default=True,
+                     help="efficientnet_lite0 | resnet18 | resnet34 | resnet50 | resnet101"),
+        click.option("--output-stride", type=click.Choice(["8", "16"]), default="16", show_default=True),
+        click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH"),
+        click.option("--projection-dim", default=0, show_default=True, type=int, help="PDML projection head (0 = off)."),
+        click.option("--pdml/--no-pdml", default=True, show_default=True),
+        click.option("--alpha", default=0.8, show_default=True, type=float),
+        click.option("--beta", default=1.0, show_default=True, type=float),
+        click.option("--margin", default=20.0, show_default=True, type=float),
+        click.option("--pdml-weight", default=1.0, show_default=True, type=float),
+        click.option("--pdml-group-size", default=0, show_default=True, type=int, help="Images per PDML subgroup (0 = whole batch)."),
+        click.option("--extension", type=click.Choice(["none", "region", "score", "score+region"]), default="none", show_default=True),
+        click.option("--threshold", default=0.7, show_default=True, type=float),
+        click.option("--region", default=5, show_default=True, type=int),
+        click.option("--extension-start-epoch", default=0, show_default=True, type=int),
+        click.option("--epochs", default=20, show_default=True, type=int),
+        click.option("--batch-size", default=16, show_default=True, type=int),
+        click.option("--lr", default=2.5e-4, show_default=True, type=float),
+        click.option("--crop-size", default=321, show_default=True, type=int),
+        click.option("--seed", default=0, show_default=True, type=int),
+        click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
+        click.option("--workers", default=2, show_default=True, type=int, help="DataLoader workers."),
+        click.option("--val-split", default=None, help="Evaluate the final model on this split."),
+        click.option("--gpus", default=0, show_default=True, type=int, help="Processes per node via torchrun (>1 = DDP)."),
+    ]
+    for o in reversed(opts):
+        fn = o(fn)
+    return fn
+
+
+@main.command("train")
+@dataset_options
+@_train_options
+@cache_option
+@force_option
+@content_option
+@quiet_option
+@_friendly
+def train_cmd(kind, root, split, options, supervision, points_ref, backbone, output_stride, weights, projection_dim,
+              pdml, alpha, beta, margin, pdml_weight, pdml_group_size, extension, threshold, region,
+              extension_start_epoch, epochs, batch_size, lr, crop_size, seed, amp, device, workers, val_split, gpus,
+              cache_dir, force, content_hash, quiet):
+    """Train a DeepLab-style network from points (CE + PDML + extension) or full masks.
+
+    A killed run continues from its last epoch when the same command is run again.
+    """
+    from pointparse.evaluate import EvalConfig
+    from pointparse.stages import run_train
+    from pointparse.train import TrainConfig
+
+    if supervision == "full":
+        pdml, extension = False, "none"
+    cfg = TrainConfig(supervision=supervision, backbone=backbone, output_stride=int(output_stride), weights=weights,
+                      projection_dim=projection_dim, pdml=pdml, alpha=alpha, beta=beta, margin=margin,
+                      pdml_weight=pdml_weight, pdml_group_size=pdml_group_size, extension=extension,
+                      threshold=threshold, region=region, extension_start_epoch=extension_start_epoch, epochs=epochs,
+                      batch_size=batch_size, lr=lr, crop_size=crop_size, seed=seed, amp=amp, device=device,
+                      workers=workers)
+    res = run_train(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), points=points_ref,
+                    val_split=val_split, eval_cfg=EvalConfig(device=device, amp=amp), gpus=gpus, force=force,
+                    content_hash=content_hash, progress=not quiet)
+    _report(res, "train")
+    s = res.manifest.get("summary") or {}
+    if s.get("miou") is not None:
+        click.echo(f"  {val_split}: mIoU {100 * s['miou']:.2f}  pixel acc {100 * s['pixel_acc']:.2f}%")
+
+
+@main.command("evaluate")
+@click.argument("checkpoint")
+@dataset_options
+@click.option("--flip", is_flag=True, help="Average with the horizontally flipped image.")
+@click.option("--window", default=0, type=int, help="Sliding-window crop size (0 = whole image).")
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@cache_option
+@force_option
+@content_option
+@quiet_option
+@_friendly
+def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, device, cache_dir, force, content_hash,
+                 quiet):
+    """Evaluate CHECKPOINT (a train artefact folder, key, or model.pt) on a split with dense labels.
+
+    Writes metrics.json (mIoU, pixel accuracy, protocol), per_class_iou.csv and confusion.npy.
+    """
+    from pointparse.evaluate import EvalConfig
+    from pointparse.stages import run_evaluate
+
+    res = run_evaluate(checkpoint, spec_from_options(kind, root, split, options),
+                       EvalConfig(flip=flip, window=window, amp=amp, device=device), StageCache(cache_dir),
+                       force=force, content_hash=content_hash, progress=not quiet)
+    _report(res, "evaluate")
+    s = res.manifest.get("summary", {})
+    click.echo(f"  mIoU {100 * s['miou']:.2f}  pixel acc {100 * s['pixel_acc']:.2f}%  ({res.path / 'metrics.json'})")
+
+
+@main.command("cache")
+@click.option("--clear", "clear_stage", default=None, help="Delete one stage's artefacts ('all' for everything).")
+@cache_option
+def cache_cmd(clear_stage, cache_dir):
+    """Show the cache root and its size per stage, or clear it."""
+    cache = StageCache(cache_dir)
+    if clear_stage:
+        n = cache.clear(None if clear_stage == "all" else clear_stage)
+        click.echo(f"removed {n} artefact(s) from {cache.root}")
+        return
+    click.echo(f"cache root: {cache.root.resolve()}")
+    if cache.root.is_dir():
+        for d in sorted(p for p in cache.root.iterdir() if p.is_dir()):
+            n = sum(1 for _ in d.glob("*/*/manifest.json"))
+            click.echo(f"  {d.name:18s} {n} artefact(s)")

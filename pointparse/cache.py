@@ -1,0 +1,228 @@
+"""A content-addressed stage cache (after DVC's run cache).
+
+A stage's key is the sha256 of the canonical JSON of ``{stage, version, params, inputs}``:
+
+* ``stage`` / ``version``: the stage name and a version bumped when its code changes meaning;
+* ``params``: the stage's parameters (a dataclass → dict);
+* ``inputs``: fingerprints of what it reads — other artefacts' keys, or dataset fingerprints.
+
+Artefacts live under ``<root>/<stage>/<key[:2]>/<key>/`` with a ``manifest.json`` written last.
+A stage runs in a temporary sibling folder that is renamed into place only when it succeeds, so an
+interrupted stage never leaves something that looks finished. A hit is decided by the key *and* the
+manifest, never by the folder merely existing.
+
+The root is ``--cache-dir``, else ``$POINTPARSE_CACHE``, else ``./.pointparse-cache``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .errors import ConfigError, DataError
+
+CACHE_ENV = "POINTPARSE_CACHE"
+DEFAULT_CACHE_DIR = ".pointparse-cache"
+MANIFEST = "manifest.json"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache root: explicit argument, else ``$POINTPARSE_CACHE``, else ``./.pointparse-cache``."""
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path(DEFAULT_CACHE_DIR)
+
+
+def _jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and obj != obj:
+        return "NaN"
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    raise TypeError(f"cannot put {type(obj).__name__} into a cache key")
+
+
+def canonical_json(obj: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, dataclasses and paths converted."""
+    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def stage_key(stage: str, version: int | str, params: Any, inputs: Any) -> str:
+    """sha256 of the canonical JSON of the stage name, code version, parameters and inputs."""
+    payload = {"stage": stage, "version": version, "params": params, "inputs": inputs}
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+
+
+def fingerprint_files(files: Iterable[str | Path], content: bool = False, base: str | Path | None = None) -> str:
+    """A fingerprint of a set of files.
+
+    By default it hashes each file's relative path, size and mtime (fast; touching a file changes
+    it). ``content=True`` hashes the bytes instead (robust to copies and ``touch``, slower). A missing
+    file is a :class:`DataError` naming it.
+    """
+    h = hashlib.sha256()
+    base = Path(base) if base is not None else None
+    for f in sorted(Path(p) for p in files):
+        try:
+            st = f.stat()
+        except FileNotFoundError:
+            raise DataError(f, "file does not exist") from None
+        rel = str(f.relative_to(base)) if base is not None and f.is_relative_to(base) else str(f.resolve())
+        h.update(rel.encode())
+        if content:
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class StageResult:
+    """What :meth:`StageCache.run` returns: where the artefact is and whether it was reused."""
+
+    stage: str
+    key: str
+    path: Path
+    cached: bool
+    manifest: dict = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for mod in ("pointparse", "torch", "torchvision", "numpy"):
+        m = sys.modules.get(mod)
+        if m is not None and hasattr(m, "__version__"):
+            out[mod] = str(m.__version__)
+    return out
+
+
+class StageCache:
+    """The cache rooted at one folder. Stages call :meth:`run` with a function that fills a folder."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = cache_root(root)
+
+    def path_for(self, stage: str, key: str) -> Path:
+        return self.root / stage / key[:2] / key
+
+    def lookup(self, stage: str, key: str) -> Path | None:
+        """The finished artefact folder for (stage, key), or ``None``."""
+        p = self.path_for(stage, key)
+        return p if (p / MANIFEST).is_file() else None
+
+    def run(
+        self,
+        stage: str,
+        version: int | str,
+        params: Any,
+        inputs: Any,
+        build: Callable[[Path], dict | None],
+        force: bool = False,
+        resume: bool = False,
+    ) -> StageResult:
+        """Return the cached artefact for this key, or build it.
+
+        ``build(tmp_dir)`` writes the artefacts into ``tmp_dir`` and may return a dict of extra
+        manifest fields (e.g. summary numbers). The folder is renamed into place only after
+        ``build`` returns. With ``resume=True`` the temporary folder has a stable name
+        (``<key>.partial``) and survives a failure, so a long stage (training) can continue from
+        its checkpoints; otherwise it is removed on failure.
+        """
+        key = stage_key(stage, version, params, inputs)
+        final = self.path_for(stage, key)
+        if not force:
+            hit = self.lookup(stage, key)
+            if hit is not None:
+                return StageResult(stage, key, hit, True, _read_manifest(hit))
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{key}.partial") if resume else final.with_name(f".{key}.{os.getpid()}.tmp")
+        if not resume and tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        try:
+            extra = build(tmp) or {}
+        except BaseException:
+            if not resume:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        ended = time.time()
+        manifest = {
+            "stage": stage,
+            "version": version,
+            "key": key,
+            "params": json.loads(canonical_json(params)),
+            "inputs": json.loads(canonical_json(inputs)),
+            "versions": _versions(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
+            "duration_s": round(ended - started, 3),
+            **json.loads(canonical_json(extra)),
+        }
+        # The manifest is written last, inside the temporary folder: its presence marks completion.
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        if final.exists():  # a forced rebuild replaces the old artefact
+            old = final.with_name(f".{key}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+        return StageResult(stage, key, final, False, manifest)
+
+    def find(self, ref: str | Path, stage: str | None = None) -> Path:
+        """Resolve an artefact reference: a folder path, or a key (or unique key prefix ≥ 6 chars)."""
+        p = Path(ref)
+        if p.is_dir():
+            if not (p / MANIFEST).is_file():
+                raise DataError(p, "not a finished pointparse artefact (no manifest.json)")
+            return p
+        ref = str(ref)
+        if len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref):
+            stages = [stage] if stage else [d.name for d in self.root.iterdir() if d.is_dir()] if self.root.is_dir() else []
+            hits = []
+            for s in stages:
+                sub = self.root / s / ref[:2]
+                if sub.is_dir():
+                    hits += [d for d in sub.iterdir() if d.name.startswith(ref) and (d / MANIFEST).is_file()]
+            if len(hits) == 1:
+                return hits[0]
+            if len(hits) > 1:
+                raise ConfigError(f"artefact key prefix {ref!r} is ambiguous: {', '.join(h.name[:12] for h in hits)}")
+        raise DataError(p, f"no such artefact folder or cache key under {self.root}")
+
+    def clear(self, stage: str | None = None) -> int:
+        """Delete cached artefacts (of one stage, or all); returns the number of folders removed."""
+        target = self.root / stage if stage else self.root
+        if not target.exists():
+            return 0
+        n = sum(1 for _ in target.glob("*/*/" + MANIFEST)) if stage else sum(1 for _ in target.glob("*/*/*/" + MANIFEST))
+        shutil.rmtree(target)
+        return n
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(path / MANIFEST, f"unreadable manifest ({exc})") from None

@@ -1,0 +1,173 @@
+"""Reading and writing images, label maps and files, with errors that name the file.
+
+Every writer here is atomic: it writes a temporary sibling and ``os.replace``s it into place, so
+an interrupted run never leaves a file that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _open(path: Path) -> Image.Image:
+    if not path.exists():
+        raise DataError(path, "file does not exist")
+    try:
+        img = Image.open(path)
+        img.load()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(path, f"cannot decode image file ({exc.__class__.__name__}: {exc})") from None
+    return img
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image, reading only its header."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file does not exist")
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
+    return h, w
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """An RGB image as ``uint8`` [H, W, 3]."""
+    img = _open(Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """A single-channel label PNG as an integer array [H, W].
+
+    Palette ("P") PNGs give their indices, not colours; 16-bit PNGs keep 16 bits. RGB label files
+    are refused: a colour-coded mask must be converted to ids first (the error says so).
+    """
+    path = Path(path)
+    img = _open(path)
+    if img.mode in ("L", "P"):
+        return np.asarray(img, dtype=np.uint8) if img.mode == "L" else np.asarray(img).astype(np.uint8)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(img).astype(np.int32)
+    raise DataError(
+        path,
+        f"label image has mode {img.mode!r}; expected single-channel class ids (L, P or 16-bit). "
+        "Convert colour-coded masks to id PNGs first",
+    )
+
+
+def read_rgb_label(path: str | Path) -> np.ndarray:
+    """A colour-coded label PNG as ``uint8`` [H, W, 3] (ADE20K instance files encode ids in R/G)."""
+    img = _open(Path(path))
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
+    """Write a uint8 class-id map [H, W] atomically, as a palette PNG when a palette is given.
+
+    A palette PNG shows colours in any viewer yet still decodes to the raw ids, which answers the
+    common "my label PNGs look black" complaint.
+    """
+    label = np.asarray(label)
+    if label.dtype != np.uint8:
+        if label.min(initial=0) < 0 or label.max(initial=0) > 255:
+            raise ValueError("label values must fit in uint8")
+        label = label.astype(np.uint8)
+    img = Image.fromarray(label, mode="L")
+    if palette is not None:
+        pal = np.zeros((256, 3), dtype=np.uint8)
+        pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+        img = img.convert("P")
+        img.putpalette(pal.reshape(-1).tolist())
+    with atomic_file(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
+    """Write an RGB ``uint8`` [H, W, 3] image atomically (format from the suffix)."""
+    path = Path(path)
+    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    with atomic_file(path) as tmp:
+        kwargs = {"quality": quality} if fmt == "JPEG" else {}
+        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt, **kwargs)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; it is renamed to ``path`` only on success.
+
+    An existing ``path`` is replaced. On failure the temporary folder is removed, so nothing
+    half-written ever sits at ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
+    """Write JSON atomically with sorted keys (byte-identical output for identical input)."""
+    text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False)
+    with atomic_file(path) as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(path, f"not valid JSON ({exc})") from None
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files directly inside ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -1,0 +1,271 @@
+"""Stages: the library's work functions bound to the content-addressed cache.
+
+Each ``run_*`` function computes its key from its parameters and input fingerprints, returns the
+cached artefact on a hit (doing no work), or builds it in a temporary folder that is renamed into
+place. The CLI and pipelines call only these.
+
+Stage versions are bumped whenever a stage's output would change for the same inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .cache import StageCache, StageResult, fingerprint_files
+from .datasets import DATASET_KINDS, SegmentationDataset, open_dataset
+from .errors import ConfigError, DataError, unknown_choice
+from .io import read_json
+
+SYNTHETIC_KIND = "synthetic"
+STAGE_VERSIONS = {"scenes": 1, "make-points": 1, "train": 1, "evaluate": 1}
+
+
+@dataclass
+class DatasetSpec:
+    """Which dataset split a stage reads: a reader kind, its root folder, split and options.
+
+    The kind ``synthetic`` needs no root: the scenes are generated into the cache from the
+    options (the fields of :class:`pointparse.synthetic.SyntheticConfig`).
+    """
+
+    kind: str
+    root: str = ""
+    split: str = "train"
+    options: dict = field(default_factory=dict)
+
+    def with_split(self, split: str) -> "DatasetSpec":
+        return dataclasses.replace(self, split=split)
+
+
+def dataset_kinds() -> list[str]:
+    return sorted([*DATASET_KINDS, SYNTHETIC_KIND])
+
+
+def synthetic_root(options: dict, cache: StageCache, progress: bool = True) -> StageResult:
+    """Generate (or reuse) synthetic scenes in the cache; returns the ``scenes`` artefact."""
+    from .synthetic import SyntheticConfig, generate_scenes
+
+    valid = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ConfigError(f"synthetic dataset takes no option(s) {bad}; valid options: {', '.join(sorted(valid))}")
+    opts = dict(options)
+    for k in ("size", "instances"):
+        if isinstance(opts.get(k), list):
+            opts[k] = tuple(opts[k])
+    cfg = SyntheticConfig(**opts)
+
+    def build(tmp: Path) -> dict:
+        generate_scenes(tmp / "scenes", cfg)
+        return {}
+
+    return cache.run("scenes", STAGE_VERSIONS["scenes"], cfg, {}, build)
+
+
+def open_spec(spec: DatasetSpec, cache: StageCache, progress: bool = True) -> SegmentationDataset:
+    """Open the dataset split a spec names (generating synthetic scenes when needed)."""
+    if spec.kind == SYNTHETIC_KIND:
+        res = synthetic_root(spec.options, cache, progress)
+        return open_dataset("folder", res.path / "scenes", split=spec.split)
+    if spec.kind not in DATASET_KINDS:
+        raise unknown_choice("dataset kind", spec.kind, dataset_kinds())
+    if not spec.root:
+        raise ConfigError(f"dataset kind {spec.kind!r} needs a root folder (--root)")
+    return open_dataset(spec.kind, spec.root, split=spec.split, **spec.options)
+
+
+def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset, content: bool = False) -> dict:
+    """What identifies a dataset split in a cache key: kind, split, options and its files.
+
+    The root path itself is left out (files are fingerprinted relative to it), so the same data
+    at another path with the same files reuses artefacts.
+    """
+    return {
+        "kind": spec.kind,
+        "split": spec.split,
+        "options": spec.options,
+        "protocol": dataset.info.protocol,
+        "files": fingerprint_files(dataset.files(), content=content, base=dataset.root),
+        "content_hash": bool(content),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# make-points
+# ------------------------------------------------------------------------------------------------
+
+
+def run_make_points(spec: DatasetSpec, cfg, cache: StageCache, force: bool = False, content_hash: bool = False,
+                    progress: bool = True, make: Callable | None = None) -> StageResult:
+    """The ``make-points`` stage: one click per instance over a dataset split.
+
+    ``make`` replaces :func:`pointparse.points.make_points` (tests pass a spy to prove a cache
+    hit does no work).
+    """
+    from .points import make_points
+
+    make = make or make_points
+    ds = open_spec(spec, cache, progress)
+    inputs = {"dataset": dataset_fingerprint(spec, ds, content_hash)}
+    params = dataclasses.replace(cfg, workers=None)  # worker count never changes the output
+
+    def build(tmp: Path) -> dict:
+        stats = make(ds, cfg, tmp, progress=progress)
+        return {"summary": {k: stats[k] for k in ("num_images", "num_points") if k in stats},
+                "dataset_spec": dataclasses.asdict(spec)}
+
+    return cache.run("make-points", STAGE_VERSIONS["make-points"], params, inputs, build, force=force)
+
+
+# ------------------------------------------------------------------------------------------------
+# train / evaluate
+# ------------------------------------------------------------------------------------------------
+
+
+def _points_dict(points_dir: Path) -> tuple[dict, Any]:
+    from .points import load_points
+
+    ps = load_points(points_dir)
+    return {n: ps.points(n) for n in ps.names}, ps
+
+
+def check_points_match(points_info, dataset: SegmentationDataset, points_path: Path) -> None:
+    """A points artefact must come from the same classes as the dataset it trains on."""
+    if tuple(points_info.classes) != tuple(dataset.info.classes):
+        raise DataError(points_path, f"the points were made for {points_info.num_classes} classes "
+                                     f"({points_info.protocol}) but the dataset has {dataset.info.num_classes} "
+                                     f"({dataset.info.protocol}): a points artefact from another dataset?")
+
+
+def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Path | None = None,
+              val_split: str | None = None, eval_cfg=None, gpus: int = 0, force: bool = False,
+              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None) -> StageResult:
+    """The ``train`` stage (resumable: a killed run continues from its last epoch checkpoint).
+
+    ``gpus`` > 1 launches the training through ``torchrun`` with that many processes on this node
+    (``torchrun_args`` adds e.g. ``--nnodes/--rdzv-endpoint`` for several nodes). With ``val_split``
+    the final model is evaluated on it and ``metrics.json`` is written beside the checkpoint.
+    """
+    from .evaluate import EvalConfig
+
+    ds = open_spec(spec, cache, progress)
+    inputs: dict[str, Any] = {"dataset": dataset_fingerprint(spec, ds, content_hash)}
+    points_dir = None
+    if train_cfg.supervision == "points":
+        if points is None:
+            raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
+        points_dir = cache.find(points, stage="make-points")
+        inputs["points"] = read_json(points_dir / "manifest.json")["key"]
+    val_spec = spec.with_split(val_split) if val_split else None
+    eval_cfg = eval_cfg or EvalConfig()
+    params = {"train": train_cfg, "val_split": val_split,
+              "eval": dataclasses.replace(eval_cfg, workers=0, device="") if val_split else None}
+    # the process layout changes nothing but speed, so it stays out of the key
+
+    def build(tmp: Path) -> dict:
+        job = {"spec": dataclasses.asdict(spec), "train": dataclasses.asdict(train_cfg),
+               "points": str(points_dir) if points_dir else None, "cache": str(cache.root),
+               "val_split": val_split, "eval": dataclasses.asdict(eval_cfg), "progress": progress}
+        from .io import write_json
+
+        write_json(tmp / "job.json", job)
+        if gpus and gpus > 1 or torchrun_args:
+            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(gpus, 1)}",
+                   *(torchrun_args or ["--standalone"]), "-m", "pointparse.worker", str(tmp)]
+            proc = subprocess.run(cmd)
+            if proc.returncode != 0:
+                raise ConfigError(f"torchrun exited with code {proc.returncode}; the partial run in {tmp} "
+                                  "resumes from its last checkpoint when started again")
+        else:
+            run_job(tmp)
+        out = {}
+        if (tmp / "metrics.json").exists():
+            m = read_json(tmp / "metrics.json")
+            out["summary"] = {k: m.get(k) for k in ("miou", "pixel_acc") if k in m}
+        out["dataset_spec"] = dataclasses.asdict(spec)
+        out["points_dir"] = str(points_dir) if points_dir else None
+        return out
+
+    return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True)
+
+
+def run_job(run_dir: str | Path) -> None:
+    """Execute the training job described by ``run_dir/job.json`` (every rank under torchrun)."""
+    from .evaluate import EvalConfig
+    from .train import TrainConfig, train
+
+    run_dir = Path(run_dir)
+    job = read_json(run_dir / "job.json")
+    cache = StageCache(job["cache"])
+    spec = DatasetSpec(**job["spec"])
+    cfg = TrainConfig(**job["train"])
+    ds = open_spec(spec, cache, progress=False)
+    pts = None
+    if job["points"]:
+        pts, ps = _points_dict(Path(job["points"]))
+        check_points_match(ps.info, ds, Path(job["points"]))
+    train(cfg, ds, pts, run_dir, progress=job.get("progress", True))
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()  # rank 0 has written model.pt before anyone evaluates it
+    if job.get("val_split"):
+        evaluate_checkpoint_into(run_dir / "model.pt", spec.with_split(job["val_split"]),
+                                 EvalConfig(**job["eval"]), cache, run_dir, progress=job.get("progress", True))
+
+
+def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cache: StageCache, out_dir: Path,
+                             progress: bool = True) -> dict | None:
+    """Evaluate a checkpoint on a dataset split and write the metrics files (rank 0) into ``out_dir``."""
+    from .evaluate import evaluate_model, write_metrics
+    from .train import load_checkpoint, model_from_checkpoint, setup_runtime
+
+    rt = setup_runtime(eval_cfg.device)
+    ckpt = load_checkpoint(checkpoint)
+    model, info = model_from_checkpoint(ckpt)
+    ds = open_spec(spec, cache, progress=False)
+    if tuple(ds.info.classes) != tuple(info.classes):
+        raise DataError(checkpoint, f"the checkpoint predicts {info.num_classes} classes ({info.protocol}) "
+                                    f"but {spec.kind} split {spec.split!r} has {ds.info.num_classes} ({ds.info.protocol})")
+    model.to(rt.device)
+    if eval_cfg.channels_last and rt.device.type == "cuda":
+        model = model.to(memory_format=__import__("torch").channels_last)
+    norm = ckpt["normalization"]
+    metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, norm["mean"], norm["std"],
+                                 rt.rank, rt.world_size, progress)
+    if rt.is_main:
+        return write_metrics(out_dir, metrics, cm, info, {"split": spec.split, "images": len(ds)})
+    return None
+
+
+def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: StageCache, force: bool = False,
+                 content_hash: bool = False, progress: bool = True) -> StageResult:
+    """The ``evaluate`` stage: metrics of a trained model (artefact folder, key or .pt file) on a split."""
+    ckpt_path = _resolve_checkpoint(checkpoint, cache)
+    ds = open_spec(spec, cache, progress)
+    inputs = {"dataset": dataset_fingerprint(spec, ds, content_hash),
+              "checkpoint": fingerprint_files([ckpt_path], content=True)}
+    params = dataclasses.replace(eval_cfg, workers=0, device="")
+
+    def build(tmp: Path) -> dict:
+        d = evaluate_checkpoint_into(ckpt_path, spec, eval_cfg, cache, tmp, progress)
+        return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(ckpt_path)}
+
+    return cache.run("evaluate", STAGE_VERSIONS["evaluate"], params, inputs, build, force=force)
+
+
+def _resolve_checkpoint(ref: str | Path, cache: StageCache) -> Path:
+    p = Path(ref)
+    if p.is_file():
+        return p
+    d = cache.find(ref, stage="train")
+    if not (d / "model.pt").is_file():
+        raise DataError(d, "train artefact has no model.pt (unfinished run?)")
+    return d / "model.pt"
