@@ -59,7 +59,6 @@ OUTPUT_STRIDES = (8, 16)
 CLASSIFIER_LR_MULT = 10.0
 #: DeepLab v2 ASPP rates, expressed at output stride 8.
 DEEPLAB_V2_RATES = (6, 12, 18, 24)
-WEIGHTS_KEYWORDS = ("imagenet", "none")
 
 
 @dataclass(kw_only=True)
@@ -83,7 +82,7 @@ class ModelConfig:
         backbone_spec(self.backbone)  # unknown name -> ConfigError listing the valid ones
         if not _is_int(self.num_classes) or self.num_classes < 1:
             raise ConfigError(f"num_classes must be a positive integer, got {self.num_classes!r}")
-        if self.output_stride not in OUTPUT_STRIDES:
+        if not _is_int(self.output_stride) or self.output_stride not in OUTPUT_STRIDES:
             raise ConfigError(f"output_stride must be one of {OUTPUT_STRIDES}, got {self.output_stride!r}")
         if isinstance(self.weights, Path):
             self.weights = str(self.weights)

@@ -257,3 +257,12 @@ def test_imagenet_resnet_download_failure_says_what_to_do(tmp_path, monkeypatch)
     with pytest.raises(ConfigError, match=r"resnet50-.*\.pth.*download\.pytorch\.org.*--weights PATH"):
         build_model({"backbone": "resnet50", "num_classes": 3, "weights": "imagenet"})
 
+
+
+def test_imagenet_resnet_corrupt_cache_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    filename = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "hub" / "checkpoints" / filename).write_bytes(b"truncated")
+    with pytest.raises(DataError, match=f"{filename}.*delete the file"):
+        build_model({"backbone": "resnet18", "num_classes": 3, "weights": "imagenet"})
