@@ -195,7 +195,8 @@ class MBConvBlock(nn.Module):
         else:
             self._expand_conv = None
             self._bn0 = None
-        # Symmetric "same" padding: ceil(H/stride) like TF's SAME; ports of these weights use it.
+        # Symmetric padding gives ceil(H/stride) like TF's SAME without depending on the input
+        # size; TF's asymmetric SAME fits the weights' BN statistics no better on real photos.
         self._depthwise_conv = nn.Conv2d(mid, mid, kernel_size, stride, padding=dilation * (kernel_size - 1) // 2,
                                          dilation=dilation, groups=mid, bias=False)
         self._bn1 = _bn(mid)

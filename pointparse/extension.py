@@ -43,7 +43,7 @@ def _clicked_classes(point_labels: torch.Tensor, num_classes: int) -> torch.Tens
     b = point_labels.shape[0]
     flat = point_labels.reshape(b, -1).long()
     clicked = flat != IGNORE_INDEX
-    if bool(((flat < 0) | (flat >= num_classes))[clicked].any()):
+    if bool((((flat < 0) | (flat >= num_classes)) & clicked).any()):
         raise ValueError(f"point labels must be class ids 0..{num_classes - 1} or {IGNORE_INDEX}")
     idx = torch.where(clicked, flat, num_classes)  # unclicked pixels vote for a dummy column
     present = torch.zeros(b, num_classes + 1, dtype=torch.bool, device=flat.device)

@@ -204,9 +204,9 @@ def pdml_triples(
     num_images = int(img.max()) + 1
     # segment of (i, j): j's image and polarity; non-candidates go to a trailing dummy segment
     seg = torch.where(cand, img[None, :] * 2 + pos.long(), 2 * num_images)
-    by_key = torch.argsort(keys, dim=1, stable=True)
-    by_seg = torch.argsort(seg.gather(1, by_key), dim=1, stable=True)
-    perm = by_key.gather(1, by_seg)  # columns in (segment, key) order per row
+    # one sort by (segment, key, index): keys lie in [0, 1), so segment + key orders by segment
+    # first; float64 holds a float32 key plus an integer < 2^29 exactly; stable = ties by index
+    perm = torch.argsort(seg.double() + keys.double(), dim=1, stable=True)
     seg_sorted = seg.gather(1, perm)
     col = torch.arange(n, device=device).expand(n, n)
     starts = torch.ones_like(seg_sorted, dtype=torch.bool)

@@ -271,6 +271,20 @@ class _JsonlWriter:
             self.fh.close()
 
 
+def _truncate_log(path: Path, start_epoch: int) -> None:
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) < start_epoch:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
 def _json_default(v):
     if isinstance(v, float) and math.isnan(v):
         return None
@@ -428,6 +442,8 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
     out_dir = Path(out_dir)
     info = info or dataset.info
     rt = setup_runtime(cfg.device)
+    if rt.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.supervision == "points" and points is None:
         raise ConfigError("point supervision needs a points artefact")
     torch.manual_seed(cfg.seed)
@@ -466,6 +482,9 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         samples, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
         pin_memory=rt.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
     )
+    if rt.is_main:  # drop log rows of an epoch that a killed run did not finish
+        for name in ("iterations.jsonl", "epochs.jsonl"):
+            _truncate_log(out_dir / name, start_epoch)
     iter_log = _JsonlWriter(out_dir / "iterations.jsonl" if rt.is_main else None)
     epoch_log = _JsonlWriter(out_dir / "epochs.jsonl" if rt.is_main else None)
     distances: dict[str, np.ndarray] = {}

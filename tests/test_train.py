@@ -1,0 +1,180 @@
+"""Training and evaluation end to end on tiny synthetic scenes (CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pointparse.cache import StageCache
+from pointparse.errors import ConfigError, DataError
+from pointparse.evaluate import EvalConfig
+from pointparse.points import MakePointsConfig
+from pointparse.stages import DatasetSpec, open_spec, run_evaluate, run_make_points, run_train
+from pointparse.train import TrainConfig, compute_losses, load_checkpoint, train
+from pointparse.transforms import AugmentConfig, TrainSamples, collate
+
+SYN = {"seed": 3, "size": 64, "splits": {"train": 8, "val": 4}}
+SPEC = DatasetSpec(kind="synthetic", split="train", options=SYN)
+
+
+def tiny_cfg(**kw) -> TrainConfig:
+    base = dict(backbone="efficientnet_lite0", weights="none", epochs=2, batch_size=4, crop_size=48, workers=0,
+                lr=1e-3, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return StageCache(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
+def points_dir(cache):
+    return run_make_points(SPEC, MakePointsConfig(workers=0), cache, progress=False).path
+
+
+def _points(points_dir):
+    from pointparse.points import load_points
+
+    ps = load_points(points_dir)
+    return {n: ps.points(n) for n in ps.names}
+
+
+def test_train_and_evaluate_stage(cache, points_dir):
+    cfg = tiny_cfg(extension="score+region", threshold=0.5)
+    res = run_train(SPEC, cfg, cache, points=points_dir, val_split="val", eval_cfg=EvalConfig(workers=0),
+                    progress=False)
+    for f in ("model.pt", "checkpoint.pt", "epochs.jsonl", "iterations.jsonl", "distances.npz", "metrics.json",
+              "per_class_iou.csv", "confusion.npy", "manifest.json"):
+        assert (res.path / f).is_file(), f
+    rows = [json.loads(l) for l in (res.path / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for r in rows:
+        assert math.isfinite(r["loss"]) and r["triples_per_step"] > 0 and r["dis_pos"] > 0
+        assert r["ext_accuracy"] is None or 0.0 <= r["ext_accuracy"] <= 1.0
+        assert r["ext_pixels_per_image"] >= 0
+    with np.load(res.path / "distances.npz") as z:
+        assert {"pos_0", "neg_0", "pos_1", "neg_1"} <= set(z.files)
+    m = json.loads((res.path / "metrics.json").read_text())
+    assert m["protocol"] and m["num_classes"] == 9 and 0.0 <= m["pixel_acc"] <= 1.0
+    # a second identical call is a cache hit
+    again = run_train(SPEC, cfg, cache, points=points_dir, val_split="val", eval_cfg=EvalConfig(workers=0),
+                      progress=False)
+    assert again.cached and again.path == res.path
+    # evaluate stage on the checkpoint gives the same numbers as the end-of-training evaluation
+    ev = run_evaluate(res.path, SPEC.with_split("val"), EvalConfig(workers=0), cache, progress=False)
+    m2 = json.loads((ev.path / "metrics.json").read_text())
+    assert m2["miou"] == pytest.approx(m["miou"]) and m2["pixel_acc"] == pytest.approx(m["pixel_acc"])
+    ckpt = load_checkpoint(res.path / "model.pt")
+    assert ckpt["info"]["classes"][0] and ckpt["normalization"]["mean"]
+
+
+def test_resume_gives_identical_weights(cache, points_dir, tmp_path):
+    ds = open_spec(SPEC, cache, progress=False)
+    pts = _points(points_dir)
+    cfg = tiny_cfg(epochs=2, extension="region")
+    train(cfg, ds, pts, tmp_path / "full", progress=False)
+    train(cfg, ds, pts, tmp_path / "killed", progress=False, stop_after_epochs=1)
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    assert load_checkpoint(tmp_path / "killed" / "checkpoint.pt")["next_epoch"] == 1
+    train(cfg, ds, pts, tmp_path / "killed", progress=False)  # resumes at epoch 1
+    a = load_checkpoint(tmp_path / "full" / "model.pt")["model"]
+    b = load_checkpoint(tmp_path / "killed" / "model.pt")["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    lines = (tmp_path / "killed" / "epochs.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [0, 1]
+
+
+def test_full_supervision_and_cpu_autocast(cache):
+    ds = open_spec(SPEC, cache, progress=False)
+    cfg = tiny_cfg(supervision="full", pdml=False, amp="bf16", epochs=1)
+    from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+    samples = TrainSamples(ds, None, AugmentConfig(48), IMAGENET_MEAN, IMAGENET_STD)
+    batch = collate([samples[i] for i in range(2)])
+    model = build_model(cfg.model_config(ds.info.num_classes))
+    res = compute_losses(model, batch, cfg, 0, None, torch.bfloat16)
+    res.loss.backward()
+    assert torch.isfinite(res.loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_crop_without_clicks_still_trains(cache, points_dir):
+    ds = open_spec(SPEC, cache, progress=False)
+    pts = {n: (np.zeros((0, 2), np.int64), np.zeros((0,), np.int64)) for n in ds.names}
+    cfg = tiny_cfg(extension="score+region")
+    from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+
+    samples = TrainSamples(ds, pts, AugmentConfig(48), IMAGENET_MEAN, IMAGENET_STD)
+    batch = collate([samples[i] for i in range(2)])
+    assert batch["points_cls"].numel() == 0 and (batch["points"] == 255).all()
+    model = build_model(cfg.model_config(ds.info.num_classes))
+    res = compute_losses(model, batch, cfg, 0, torch.Generator().manual_seed(0), None)
+    res.loss.backward()
+    assert res.loss.item() == 0.0 and res.triples == 0
+
+
+def test_clicks_move_with_the_image(cache, points_dir):
+    """After scale/crop/flip every kept click still lands on a pixel of its class."""
+    ds = open_spec(SPEC, cache, progress=False)
+    pts = _points(points_dir)
+    samples = TrainSamples(ds, pts, AugmentConfig(40, 0.7, 1.3, True), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), seed=1)
+    checked = 0
+    for epoch in range(3):
+        samples.set_epoch(epoch)
+        for i in range(len(samples)):
+            s = samples[i]
+            xy = s["points_xy"].round().long()
+            dense = s["dense"]
+            for (x, y), c in zip(xy.tolist(), s["points_cls"].tolist()):
+                # nearest-neighbour label resizing can move region borders by a pixel: look around
+                win = dense[max(y - 1, 0):y + 2, max(x - 1, 0):x + 2]
+                assert (win == c).any()
+                checked += 1
+    assert checked > 20
+
+
+def test_points_from_another_dataset_is_refused(cache, tmp_path):
+    other = DatasetSpec(kind="folder", root=str(_two_class_folder(tmp_path / "other")))
+    pdir = run_make_points(other, MakePointsConfig(workers=0), cache, progress=False).path
+    with pytest.raises(DataError, match="another dataset"):
+        run_train(SPEC, tiny_cfg(epochs=1), cache, points=pdir, progress=False)
+
+
+def test_bad_train_config_lists_choices():
+    with pytest.raises(ConfigError, match="score\\+region"):
+        TrainConfig(extension="bogus")
+    with pytest.raises(ConfigError, match="full supervision"):
+        TrainConfig(supervision="full", pdml=True)
+
+
+def _two_class_folder(root: Path) -> Path:
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("a\nb\n")
+    for i in range(2):
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "images" / f"x{i}.png")
+        m = np.zeros((32, 32), np.uint8)
+        m[8:20, 8:20] = 1
+        Image.fromarray(m).save(root / "masks" / f"x{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_torchrun_gloo_two_processes(cache, points_dir):
+    """The multi-process path (torchrun + gloo on CPU) trains and evaluates like one process."""
+    cfg = tiny_cfg(epochs=1, extension="score+region")
+    res = run_train(SPEC, cfg, cache, points=points_dir, val_split="val", gpus=2,
+                    eval_cfg=EvalConfig(workers=0), progress=False)
+    assert (res.path / "model.pt").is_file() and (res.path / "metrics.json").is_file()
+    rows = [json.loads(l) for l in (res.path / "epochs.jsonl").read_text().splitlines()]
+    assert len(rows) == 1 and rows[0]["triples_per_step"] > 0
