@@ -50,17 +50,9 @@ def dataset_kinds() -> list[str]:
 
 def synthetic_root(options: dict, cache: StageCache, progress: bool = True) -> StageResult:
     """Generate (or reuse) synthetic scenes in the cache; returns the ``scenes`` artefact."""
-    from .synthetic import SyntheticConfig, generate_scenes
+    from .synthetic import generate_scenes
 
-    valid = {f.name for f in dataclasses.fields(SyntheticConfig)}
-    bad = [k for k in options if k not in valid]
-    if bad:
-        raise ConfigError(f"synthetic dataset takes no option(s) {bad}; valid options: {', '.join(sorted(valid))}")
-    opts = dict(options)
-    for k in ("size", "instances"):
-        if isinstance(opts.get(k), list):
-            opts[k] = tuple(opts[k])
-    cfg = SyntheticConfig(**opts)
+    cfg = _synthetic_config(options)
 
     def build(tmp: Path) -> dict:
         generate_scenes(tmp / "scenes", cfg)
@@ -81,12 +73,40 @@ def open_spec(spec: DatasetSpec, cache: StageCache, progress: bool = True) -> Se
     return open_dataset(spec.kind, spec.root, split=spec.split, **spec.options)
 
 
-def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset, content: bool = False) -> dict:
+def scenes_key(options: dict) -> str:
+    """The cache key of the synthetic scenes an options dict describes (no generation needed)."""
+    from .cache import stage_key
+    from .synthetic import SyntheticConfig
+
+    return stage_key("scenes", STAGE_VERSIONS["scenes"], _synthetic_config(options), {})
+
+
+def _synthetic_config(options: dict):
+    from .synthetic import SyntheticConfig
+
+    valid = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ConfigError(f"synthetic dataset takes no option(s) {bad}; valid options: {', '.join(sorted(valid))}")
+    opts = dict(options)
+    for k in ("size", "instances"):
+        if isinstance(opts.get(k), list):
+            opts[k] = tuple(opts[k])
+    return SyntheticConfig(**opts)
+
+
+def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset | None = None, content: bool = False) -> dict:
     """What identifies a dataset split in a cache key: kind, split, options and its files.
 
     The root path itself is left out (files are fingerprinted relative to it), so the same data
-    at another path with the same files reuses artefacts.
+    at another path with the same files reuses artefacts. Synthetic scenes are identified by the
+    key of the stage that generates them (they are a pure function of their options), so their
+    fingerprint needs no generated files.
     """
+    if spec.kind == SYNTHETIC_KIND:
+        return {"kind": spec.kind, "split": spec.split, "scenes": scenes_key(spec.options)}
+    if dataset is None:
+        raise ValueError("a dataset is needed to fingerprint a non-synthetic spec")
     return {
         "kind": spec.kind,
         "split": spec.split,
@@ -102,6 +122,11 @@ def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset, content
 # ------------------------------------------------------------------------------------------------
 
 
+def plan_make_points(spec: DatasetSpec, cfg, dataset: SegmentationDataset | None, content_hash: bool = False):
+    """(params, inputs) of the make-points key; the worker count never changes the output."""
+    return dataclasses.replace(cfg, workers=None), {"dataset": dataset_fingerprint(spec, dataset, content_hash)}
+
+
 def run_make_points(spec: DatasetSpec, cfg, cache: StageCache, force: bool = False, content_hash: bool = False,
                     progress: bool = True, make: Callable | None = None) -> StageResult:
     """The ``make-points`` stage: one click per instance over a dataset split.
@@ -113,8 +138,7 @@ def run_make_points(spec: DatasetSpec, cfg, cache: StageCache, force: bool = Fal
 
     make = make or make_points
     ds = open_spec(spec, cache, progress)
-    inputs = {"dataset": dataset_fingerprint(spec, ds, content_hash)}
-    params = dataclasses.replace(cfg, workers=None)  # worker count never changes the output
+    params, inputs = plan_make_points(spec, cfg, ds, content_hash)
 
     def build(tmp: Path) -> dict:
         stats = make(ds, cfg, tmp, progress=progress)
@@ -144,6 +168,22 @@ def check_points_match(points_info, dataset: SegmentationDataset, points_path: P
                                      f"({dataset.info.protocol}): a points artefact from another dataset?")
 
 
+def plan_train(spec: DatasetSpec, dataset: SegmentationDataset | None, train_cfg, points_key: str | None,
+               val_split: str | None, eval_cfg, content_hash: bool = False):
+    """(params, inputs) of the train key. Workers, device and the process layout change nothing
+    but speed, so they stay out of it."""
+    inputs: dict[str, Any] = {"dataset": dataset_fingerprint(spec, dataset, content_hash)}
+    if train_cfg.supervision == "points":
+        inputs["points"] = points_key
+    if val_split:
+        inputs["val"] = dataset_fingerprint(spec.with_split(val_split), None if spec.kind == SYNTHETIC_KIND
+                                            else open_dataset(spec.kind, spec.root, split=val_split, **spec.options),
+                                            content_hash)
+    params = {"train": dataclasses.replace(train_cfg, workers=0, device="", log_every=0), "val_split": val_split,
+              "eval": dataclasses.replace(eval_cfg, workers=0, device="") if val_split else None}
+    return params, inputs
+
+
 def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Path | None = None,
               val_split: str | None = None, eval_cfg=None, gpus: int = 0, force: bool = False,
               content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None) -> StageResult:
@@ -156,18 +196,17 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
     from .evaluate import EvalConfig
 
     ds = open_spec(spec, cache, progress)
-    inputs: dict[str, Any] = {"dataset": dataset_fingerprint(spec, ds, content_hash)}
-    points_dir = None
+    points_dir, points_key = None, None
     if train_cfg.supervision == "points":
         if points is None:
             raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
         points_dir = cache.find(points, stage="make-points")
-        inputs["points"] = read_json(points_dir / "manifest.json")["key"]
-    val_spec = spec.with_split(val_split) if val_split else None
+        points_key = read_json(points_dir / "manifest.json")["key"]
+        from .points import load_points
+
+        check_points_match(load_points(points_dir).info, ds, points_dir)
     eval_cfg = eval_cfg or EvalConfig()
-    params = {"train": train_cfg, "val_split": val_split,
-              "eval": dataclasses.replace(eval_cfg, workers=0, device="") if val_split else None}
-    # the process layout changes nothing but speed, so it stays out of the key
+    params, inputs = plan_train(spec, ds, train_cfg, points_key, val_split, eval_cfg, content_hash)
 
     def build(tmp: Path) -> dict:
         job = {"spec": dataclasses.asdict(spec), "train": dataclasses.asdict(train_cfg),
@@ -245,14 +284,20 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
     return None
 
 
+def plan_evaluate(spec: DatasetSpec, dataset: SegmentationDataset | None, checkpoint: Path, eval_cfg,
+                  content_hash: bool = False):
+    """(params, inputs) of the evaluate key: the checkpoint is fingerprinted by content."""
+    return (dataclasses.replace(eval_cfg, workers=0, device=""),
+            {"dataset": dataset_fingerprint(spec, dataset, content_hash),
+             "checkpoint": fingerprint_files([checkpoint], content=True)})
+
+
 def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: StageCache, force: bool = False,
                  content_hash: bool = False, progress: bool = True) -> StageResult:
     """The ``evaluate`` stage: metrics of a trained model (artefact folder, key or .pt file) on a split."""
     ckpt_path = _resolve_checkpoint(checkpoint, cache)
     ds = open_spec(spec, cache, progress)
-    inputs = {"dataset": dataset_fingerprint(spec, ds, content_hash),
-              "checkpoint": fingerprint_files([ckpt_path], content=True)}
-    params = dataclasses.replace(eval_cfg, workers=0, device="")
+    params, inputs = plan_evaluate(spec, ds, ckpt_path, eval_cfg, content_hash)
 
     def build(tmp: Path) -> dict:
         d = evaluate_checkpoint_into(ckpt_path, spec, eval_cfg, cache, tmp, progress)

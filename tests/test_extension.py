@@ -114,11 +114,13 @@ def test_region_matches_brute_force(region):
 
 def test_score_threshold_is_strict_and_classes_restricted():
     cls = torch.tensor([[[0, 1, 2, 0], [1, 1, 0, 2]]])
-    conf = torch.tensor([[[0.9, 0.7, 0.95, 0.71], [0.5, 0.8, 0.7001, 0.99]]])
+    # 0.75 is exact in float32, so "conf == threshold" really is equal
+    conf = torch.tensor([[[0.9, 0.75, 0.95, 0.76], [0.5, 0.8, 0.75, 0.99]]])
     lab = clicks(2, 4, (1, 0, 0), (0, 1, 1))  # classes 0 and 1 clicked, 2 never
-    out = online_extension(make_probs(cls, conf), lab, threshold=0.7, mode="score")
-    expected = torch.tensor([[[0, 1, U, 0], [0, 1, 0, U]]])
-    # (0,1) is a click (label 1) despite conf == 0.7; (1,0) is a click (0) despite predicting 1
+    out = online_extension(make_probs(cls, conf), lab, threshold=0.75, mode="score")
+    expected = torch.tensor([[[0, 1, U, 0], [0, 1, U, U]]])
+    # (1,2) has conf == threshold: not taken; (0,1) is a click (label 1) despite conf == 0.75;
+    # (1,0) is a click (0) despite predicting 1 with low confidence
     assert torch.equal(out, expected)
 
 
