@@ -205,3 +205,39 @@ def cache_cmd(clear_stage, cache_dir):
         for d in sorted(p for p in cache.root.iterdir() if p.is_dir()):
             n = sum(1 for _ in d.glob("*/*/manifest.json"))
             click.echo(f"  {d.name:18s} {n} artefact(s)")
+
+
+@main.command("run")
+@click.argument("pipeline", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="PATH=VALUE",
+              help="Override any pipeline value by dotted path, e.g. defaults.train.epochs=2 (repeatable).")
+@click.option("--dry-run", is_flag=True, help="Print each stage with cached / will run and its key; do nothing.")
+@click.option("--only", multiple=True, help="Run only this stage and what it needs (repeatable).")
+@cache_option
+@force_option
+@quiet_option
+@_friendly
+def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
+    """Run a pipeline file (stages in dependency order, through the cache).
+
+    PIPELINE is a YAML file, or the name of a shipped pipeline (quickstart, labelmefacade-cpu,
+    pascal-context, ade20k). Killing a run and starting it again continues where it stopped.
+    """
+    import time
+
+    from pointparse.pipeline import RunContext, load_pipeline, plan, run_pipeline, shipped_pipeline
+
+    t0 = time.perf_counter()
+    pipe = load_pipeline(shipped_pipeline(pipeline), list(overrides))
+    ctx = RunContext(cache=StageCache(cache_dir), datasets=pipe.datasets, progress=not quiet, force=force,
+                     echo=click.echo)
+    if dry_run:
+        for name, status, key in plan(pipe, ctx):
+            click.echo(f"{name:40s} {status:10s} {key[:12] if key else '-'}")
+        return
+    results = run_pipeline(pipe, ctx, list(only) or None)
+    click.echo(f"pipeline {pipe.name}: {len(results)} stage(s) in {time.perf_counter() - t0:.1f}s")
+    for res in results.values():
+        summary = getattr(res, "manifest", {}).get("print")
+        if summary:
+            click.echo(summary)

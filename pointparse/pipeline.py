@@ -1,0 +1,506 @@
+"""Pipelines as data: a YAML file names stages, their parameters and which artefact feeds which.
+
+::
+
+    name: quickstart
+    datasets:                      # named dataset specs (kind, root, options); split chosen per stage
+      scenes: {kind: synthetic, options: {seed: 0, size: 128, splits: {train: 160, val: 60}}}
+    defaults:                      # parameters shared by every stage of a kind
+      train: {epochs: 8, batch_size: 8, crop_size: 128}
+    stages:
+      points: {kind: make-points, dataset: scenes, split: train}
+      full:   {kind: train, dataset: scenes, val_split: val, params: {supervision: full, pdml: false}}
+      pdml:   {kind: train, dataset: scenes, points: points, val_split: val}
+      sweep:  {kind: train, dataset: scenes, points: points, val_split: val, matrix: {alpha: [0.0, 0.8]}}
+      report: {kind: report, runs: {FullSup: full, PDML: pdml, Sweep: sweep}}
+
+* ``matrix`` expands a stage over the product of parameter lists into ``name[key=value,...]``
+  stages; a reference to ``name`` from a later stage means all of them.
+* ``--set path=value`` overrides any value by its dotted path (``defaults.train.epochs=2``,
+  ``stages.full.params.lr=0.01``, ``datasets.scenes.root=/data/ade``).
+* Everything is validated before any work, and every problem is reported together with the
+  file and line: unknown stage kinds, unknown fields or parameters, missing references, cycles.
+
+Stages run in dependency order through the same cache as the single commands, so a finished
+stage is reused and a changed parameter reruns that stage and what depends on it only.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .cache import StageCache, StageResult, stage_key
+from .errors import ConfigError, PointParseError
+from .stages import DatasetSpec
+
+# ------------------------------------------------------------------------------------------------
+# YAML with line numbers
+# ------------------------------------------------------------------------------------------------
+
+
+class _LineDict(dict):
+    """A mapping that remembers the line of each key (1-based) for error messages."""
+
+    line: int = 0
+    key_lines: dict
+
+
+class _LineLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader, node):
+    loader.flatten_mapping(node)
+    d = _LineDict()
+    d.line = node.start_mark.line + 1
+    d.key_lines = {}
+    for k_node, v_node in node.value:
+        k = loader.construct_object(k_node, deep=True)
+        d[k] = loader.construct_object(v_node, deep=True)
+        d.key_lines[k] = k_node.start_mark.line + 1
+    return d
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _line(d: Any, key: Any = None) -> int:
+    if isinstance(d, _LineDict):
+        return d.key_lines.get(key, d.line) if key is not None else d.line
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------
+# stage kinds
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StageKind:
+    """What a pipeline stage of one kind accepts and how it runs.
+
+    ``params``: the dataclass its ``params`` mapping builds; ``fields``: the other keys a stage
+    may carry; ``refs``: fields that name other stages (their artefacts feed this one);
+    ``run(stage, upstream, ctx) -> StageResult``.
+    """
+
+    params: type | None
+    fields: tuple[str, ...]
+    refs: tuple[str, ...]
+    run: Callable[["Stage", dict, "RunContext"], StageResult]
+    plan: Callable[["Stage", dict, "RunContext"], str | None] | None = None
+
+
+@dataclass
+class Stage:
+    name: str
+    kind: str
+    spec: dict                      # the stage's YAML mapping (after matrix expansion)
+    params: dict                    # merged defaults + params + matrix values
+    deps: list[str] = field(default_factory=list)
+    line: int = 0
+
+
+@dataclass
+class RunContext:
+    cache: StageCache
+    datasets: dict[str, DatasetSpec]
+    progress: bool = True
+    force: bool = False
+    echo: Callable[[str], None] = print
+
+
+def _dataset_for(stage: Stage, ctx: RunContext, split_field: str = "split", default: str = "train") -> DatasetSpec:
+    base = ctx.datasets[stage.spec["dataset"]]
+    return base.with_split(stage.spec.get(split_field, default))
+
+
+def _run_make_points(stage, up, ctx):
+    from .points import MakePointsConfig
+    from .stages import run_make_points
+
+    return run_make_points(_dataset_for(stage, ctx), MakePointsConfig(**stage.params), ctx.cache, force=ctx.force,
+                           progress=ctx.progress)
+
+
+def _plan_make_points(stage, up, ctx):
+    from .points import MakePointsConfig
+    from .stages import STAGE_VERSIONS, open_spec, plan_make_points
+
+    spec = _dataset_for(stage, ctx)
+    ds = None if spec.kind == "synthetic" else open_spec(spec, ctx.cache, progress=False)
+    params, inputs = plan_make_points(spec, MakePointsConfig(**stage.params), ds)
+    return stage_key("make-points", STAGE_VERSIONS["make-points"], params, inputs)
+
+
+def _train_cfg(stage):
+    from .train import TrainConfig
+
+    return TrainConfig(**stage.params)
+
+
+def _run_train(stage, up, ctx):
+    from .evaluate import EvalConfig
+    from .stages import run_train
+
+    pts = up.get("points")
+    return run_train(_dataset_for(stage, ctx), _train_cfg(stage), ctx.cache,
+                     points=pts[0].path if pts else None, val_split=stage.spec.get("val_split"),
+                     eval_cfg=EvalConfig(**stage.spec.get("eval", {})), gpus=int(stage.spec.get("gpus", 0)),
+                     torchrun_args=stage.spec.get("torchrun_args"), force=ctx.force, progress=ctx.progress)
+
+
+def _plan_train(stage, up, ctx):
+    from .evaluate import EvalConfig
+    from .stages import STAGE_VERSIONS, open_spec, plan_train
+
+    cfg = _train_cfg(stage)
+    points_key = None
+    if cfg.supervision == "points":
+        keys = up.get("points")
+        if not keys or keys[0] is None:
+            return None
+        points_key = keys[0]
+    spec = _dataset_for(stage, ctx)
+    ds = None if spec.kind == "synthetic" else open_spec(spec, ctx.cache, progress=False)
+    params, inputs = plan_train(spec, ds, cfg, points_key, stage.spec.get("val_split"),
+                                EvalConfig(**stage.spec.get("eval", {})))
+    return stage_key("train", STAGE_VERSIONS["train"], params, inputs)
+
+
+def _run_evaluate(stage, up, ctx):
+    from .evaluate import EvalConfig
+    from .stages import run_evaluate
+
+    return run_evaluate(up["checkpoint"][0].path, _dataset_for(stage, ctx, default="val"),
+                        EvalConfig(**stage.params), ctx.cache, force=ctx.force, progress=ctx.progress)
+
+
+def _eval_params():
+    from .evaluate import EvalConfig
+
+    return EvalConfig
+
+
+def _train_params():
+    from .train import TrainConfig
+
+    return TrainConfig
+
+
+def _points_params():
+    from .points import MakePointsConfig
+
+    return MakePointsConfig
+
+
+def stage_kinds() -> dict[str, StageKind]:
+    """The registry of pipeline stage kinds (built on call: no import-time work)."""
+    kinds = {
+        "make-points": StageKind(_points_params(), ("dataset", "split"), (), _run_make_points, _plan_make_points),
+        "train": StageKind(_train_params(), ("dataset", "split", "points", "val_split", "eval", "gpus",
+                                             "torchrun_args"), ("points",), _run_train, _plan_train),
+        "evaluate": StageKind(_eval_params(), ("dataset", "split", "checkpoint"), ("checkpoint",), _run_evaluate),
+    }
+    kinds.update(_optional_kinds())
+    return kinds
+
+
+def _optional_kinds() -> dict[str, StageKind]:
+    """ablate-extension and report stages (their modules register runners here)."""
+    out = {}
+    try:
+        from .ablation import pipeline_stage_kind as ablation_kind
+    except ImportError:
+        ablation_kind = None
+    try:
+        from .report import pipeline_stage_kind as report_kind
+    except ImportError:
+        report_kind = None
+    if ablation_kind is not None:
+        out["ablate-extension"] = ablation_kind(StageKind, _dataset_for)
+    if report_kind is not None:
+        out["report"] = report_kind(StageKind, _dataset_for)
+    return out
+
+
+COMMON_FIELDS = ("kind", "params", "matrix", "after")
+
+
+# ------------------------------------------------------------------------------------------------
+# loading and validation
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Pipeline:
+    path: Path
+    name: str
+    datasets: dict[str, DatasetSpec]
+    stages: dict[str, Stage]          # expanded, in file order
+    order: list[str]                  # dependency order
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(doc: dict, overrides: list[str], path: Path) -> None:
+    """Apply ``--set a.b.c=value`` overrides in place (values parsed as YAML)."""
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects path=value, got {item!r}")
+        dotted, value = item.split("=", 1)
+        keys = dotted.strip().split(".")
+        node = doc
+        for k in keys[:-1]:
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: {k!r} is not a mapping in {path}")
+            if k not in node or node[k] is None:
+                node[k] = _LineDict()
+                node[k].line, node[k].key_lines = 0, {}
+            node = node[k]
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: parent is not a mapping in {path}")
+        node[keys[-1]] = _parse_value(value)
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipeline:
+    """Parse, expand and validate a pipeline file; every problem is reported at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: pipeline file does not exist")
+    try:
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: a pipeline file is a mapping with 'stages'")
+    apply_overrides(doc, overrides or [], path)
+    errors: list[str] = []
+
+    def err(line: int, msg: str) -> None:
+        errors.append(f"{path}:{line}: {msg}" if line else f"{path}: {msg}")
+
+    for k in doc:
+        if k not in ("name", "description", "datasets", "defaults", "stages"):
+            err(_line(doc, k), f"unknown top-level key {k!r}; valid: name, description, datasets, defaults, stages")
+    kinds = stage_kinds()
+    datasets: dict[str, DatasetSpec] = {}
+    for name, d in (doc.get("datasets") or {}).items():
+        if not isinstance(d, dict) or "kind" not in d:
+            err(_line(doc["datasets"], name), f"dataset {name!r} needs at least 'kind'")
+            continue
+        bad = [k for k in d if k not in ("kind", "root", "options")]
+        if bad:
+            err(_line(d, bad[0]), f"dataset {name!r}: unknown field(s) {bad}; valid: kind, root, options")
+        datasets[name] = DatasetSpec(kind=d["kind"], root=str(d.get("root") or ""), split="train",
+                                     options=dict(d.get("options") or {}))
+    defaults = doc.get("defaults") or {}
+    for k in defaults:
+        if k not in kinds:
+            err(_line(defaults, k), f"defaults for unknown stage kind {k!r}; valid: {', '.join(sorted(kinds))}")
+    raw_stages = doc.get("stages") or {}
+    if not raw_stages:
+        err(_line(doc), "the pipeline has no stages")
+    stages: dict[str, Stage] = {}
+    groups: dict[str, list[str]] = {}
+    for name, s in raw_stages.items():
+        line = _line(raw_stages, name)
+        if not isinstance(s, dict):
+            err(line, f"stage {name!r} must be a mapping")
+            continue
+        kind = s.get("kind")
+        if kind not in kinds:
+            valid = ", ".join(sorted(kinds))
+            err(_line(s, "kind") or line, f"stage {name!r}: unknown stage kind {kind!r}; valid: {valid}")
+            continue
+        sk = kinds[kind]
+        for f in s:
+            if f not in COMMON_FIELDS + sk.fields + sk.refs:
+                err(_line(s, f), f"stage {name!r}: unknown field {f!r} for kind {kind!r}; valid: "
+                                 f"{', '.join(sorted(set(COMMON_FIELDS + sk.fields + sk.refs)))}")
+        if "dataset" in sk.fields and kind != "report":
+            ds = s.get("dataset")
+            if ds is None and kind != "report":
+                err(line, f"stage {name!r}: needs 'dataset' (one of: {', '.join(datasets) or 'none defined'})")
+            elif ds is not None and ds not in datasets:
+                err(_line(s, "dataset"), f"stage {name!r}: unknown dataset {ds!r}; defined: {', '.join(datasets) or 'none'}")
+        base = dict(defaults.get(kind) or {})
+        base.update(s.get("params") or {})
+        matrix = s.get("matrix") or {}
+        if matrix and not all(isinstance(v, list) and v for v in matrix.values()):
+            err(_line(s, "matrix"), f"stage {name!r}: matrix values must be non-empty lists")
+            matrix = {}
+        combos = [dict(zip(matrix, vals)) for vals in itertools.product(*matrix.values())] if matrix else [{}]
+        names = []
+        for combo in combos:
+            params = {**base, **combo}
+            sname = name if not combo else f"{name}[{','.join(f'{k}={v}' for k, v in combo.items())}]"
+            if sk.params is not None:
+                valid = {f.name for f in dataclasses.fields(sk.params)}
+                for p in params:
+                    if p not in valid:
+                        where = _line(s.get("params") or {}, p) or _line(matrix, p) or _line(defaults.get(kind) or {}, p) or line
+                        err(where, f"stage {name!r}: unknown parameter {p!r} for {kind}; valid: {', '.join(sorted(valid))}")
+                        break
+                else:
+                    try:
+                        sk.params(**params)
+                    except PointParseError as exc:
+                        err(line, f"stage {sname!r}: {exc}")
+                    except TypeError as exc:
+                        err(line, f"stage {sname!r}: {exc}")
+            stages[sname] = Stage(sname, kind, s, params, line=line)
+            names.append(sname)
+        groups[name] = names
+    # references
+    for st in stages.values():
+        sk = kinds[st.kind]
+        refs = []
+        for r in sk.refs:
+            v = st.spec.get(r)
+            if v is None:
+                continue
+            targets = list(v.values()) if isinstance(v, dict) else (v if isinstance(v, list) else [v])
+            for t in targets:
+                if t not in groups:
+                    err(_line(st.spec, r), f"stage {st.name!r}: {r} refers to unknown stage {t!r}")
+                else:
+                    refs += groups[t]
+        for t in st.spec.get("after") or []:
+            if t not in groups:
+                err(_line(st.spec, "after"), f"stage {st.name!r}: after refers to unknown stage {t!r}")
+            else:
+                refs += groups[t]
+        st.deps = list(dict.fromkeys(refs))
+        if st.kind == "train" and st.params.get("supervision", "points") == "points" and not st.spec.get("points"):
+            err(st.line, f"stage {st.name!r}: point supervision needs 'points: <make-points stage>'")
+    order = _toposort(stages, err)
+    if errors:
+        raise ConfigError("invalid pipeline:\n  " + "\n  ".join(errors))
+    return Pipeline(path, str(doc.get("name") or path.stem), datasets, stages, order)
+
+
+def _toposort(stages: dict[str, Stage], err) -> list[str]:
+    indeg = {n: 0 for n in stages}
+    users: dict[str, list[str]] = {n: [] for n in stages}
+    for s in stages.values():
+        for d in s.deps:
+            if d in stages:
+                indeg[s.name] += 1
+                users[d].append(s.name)
+    ready = [n for n in stages if indeg[n] == 0]
+    order = []
+    while ready:
+        n = ready.pop(0)
+        order.append(n)
+        for u in users[n]:
+            indeg[u] -= 1
+            if indeg[u] == 0:
+                ready.append(u)
+    if len(order) != len(stages):
+        cyc = [n for n in stages if n not in order]
+        err(stages[cyc[0]].line, f"dependency cycle among stages: {', '.join(cyc)}")
+    return order
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+# ------------------------------------------------------------------------------------------------
+
+
+def _upstream(stage: Stage, values: dict[str, Any], kinds: dict[str, StageKind]) -> dict[str, list]:
+    """Map each ref field to the upstream results (or keys) it names, in order."""
+    out: dict[str, Any] = {}
+    for r in kinds[stage.kind].refs:
+        v = stage.spec.get(r)
+        if v is None:
+            continue
+        if isinstance(v, dict):
+            out[r] = {label: [values[n] for n in _expand(t, values)] for label, t in v.items()}
+        else:
+            targets = v if isinstance(v, list) else [v]
+            out[r] = [values[n] for t in targets for n in _expand(t, values)]
+    return out
+
+
+def _expand(group: str, values: dict) -> list[str]:
+    return [n for n in values if n == group or n.startswith(group + "[")]
+
+
+def plan(pipe: Pipeline, ctx: RunContext) -> list[tuple[str, str, str | None]]:
+    """For ``--dry-run``: (stage, 'cached' | 'will run', key or None) in execution order."""
+    kinds = stage_kinds()
+    keys: dict[str, str | None] = {}
+    rows = []
+    for name in pipe.order:
+        st = pipe.stages[name]
+        sk = kinds[st.kind]
+        key = None
+        if sk.plan is not None and all(keys.get(d) is not None for d in st.deps):
+            key = sk.plan(st, _upstream(st, keys, kinds), ctx)
+        keys[name] = key
+        status = "cached" if key is not None and ctx.cache.lookup(_stage_dir(st.kind), key) else "will run"
+        if key is None and st.deps and all(keys.get(d) is not None and r[1] == "cached"
+                                           for d in st.deps for r in rows if r[0] == d):
+            status = "will run (key known after its inputs are read)"
+        rows.append((name, status, key))
+    return rows
+
+
+def _stage_dir(kind: str) -> str:
+    return kind
+
+
+def run_pipeline(pipe: Pipeline, ctx: RunContext, only: list[str] | None = None) -> dict[str, StageResult]:
+    """Run every stage (or ``only`` these and what they need) in dependency order."""
+    kinds = stage_kinds()
+    needed = set(pipe.order)
+    if only:
+        unknown = [o for o in only if not _expand(o, {n: None for n in pipe.order})]
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(pipe.order)}")
+        needed = set()
+        stack = [n for o in only for n in _expand(o, {n: None for n in pipe.order})]
+        while stack:
+            n = stack.pop()
+            if n not in needed:
+                needed.add(n)
+                stack += pipe.stages[n].deps
+    results: dict[str, StageResult] = {}
+    todo = [n for n in pipe.order if n in needed]
+    for i, name in enumerate(todo, 1):
+        st = pipe.stages[name]
+        ctx.echo(f"[{i}/{len(todo)}] {name} ({st.kind})")
+        res = kinds[st.kind].run(st, _upstream(st, results, kinds), ctx)
+        results[name] = res
+        state = "cached" if res.cached else "done"
+        ctx.echo(f"      {state}: {res.path}")
+    return results
+
+
+def shipped_pipeline(name_or_path: str | Path) -> Path:
+    """A path as given, or the shipped pipeline of that name (``quickstart`` → pipelines/quickstart.yaml)."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix in (".yaml", ".yml"):
+        return p
+    try:
+        from importlib import resources
+
+        cand = Path(str(resources.files("pointparse.pipelines").joinpath(f"{name_or_path}.yaml")))
+    except ModuleNotFoundError:
+        cand = Path(__file__).resolve().parents[1] / "pipelines" / f"{name_or_path}.yaml"
+    if not cand.exists():  # editable installs resolve the data package through the source tree
+        cand = Path(__file__).resolve().parents[1] / "pipelines" / f"{name_or_path}.yaml"
+    return cand

@@ -1,0 +1,324 @@
+"""The report's figures: per-class IoU bars, dis(+)/dis(−) curves (paper Figure 3), pair-distance
+histograms (Figure 4), a qualitative grid (Figures 5–6), training curves and extension accuracy.
+
+Every function takes plain data (numbers already read from the artefacts by
+:mod:`pointparse.report`), writes one PNG atomically and returns its path. Figures are built with
+matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no ``pyplot``), so nothing
+here touches global plotting state or needs a display.
+
+Conventions: IoU, accuracy and coverage arrive as fractions in [0, 1] and are *shown* in percent
+(as in the paper); epochs arrive 0-based and are shown 1-based; each run keeps one colour in
+every figure (:func:`run_colors`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from . import IGNORE_INDEX
+from .io import atomic_file
+
+DPI = 110
+#: classes per row of the per-class bar chart; ADE20K's 150 classes wrap onto several rows
+CLASSES_PER_ROW = 30
+IGNORE_COLOUR = (0, 0, 0)
+
+
+def run_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One fixed colour per run (tab10, tab20 beyond ten runs), in the order the runs are given."""
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {n: tuple(cmap(i % cmap.N)[:3]) for i, n in enumerate(names)}
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    return path
+
+
+def _pct(v: float) -> float:
+    return float("nan") if v is None else 100.0 * float(v)
+
+
+# ------------------------------------------------------------------------------------------------
+# per-class IoU (Table 6 as a picture)
+# ------------------------------------------------------------------------------------------------
+
+
+def per_class_iou_bars(iou: Mapping[str, Sequence[float]], classes: Sequence[str], miou: Mapping[str, float],
+                       order: Sequence[str], colors: Mapping[str, tuple], path: str | Path,
+                       sort_note: str = "") -> Path:
+    """Grouped bars: one group per class (in ``order``), one bar per run.
+
+    ``iou[run]`` is a float array [C] aligned with ``classes`` (NaN = class absent: no bar, an
+    ``n/a`` tick mark instead). ``miou[run]`` goes into the legend.
+    """
+    runs = list(iou)
+    idx = {c: k for k, c in enumerate(classes)}
+    order = list(order)
+    n_rows = max(1, math.ceil(len(order) / CLASSES_PER_ROW))
+    per_row = min(len(order), CLASSES_PER_ROW)
+    width = max(9.0, min(22.0, 1.5 + per_row * (0.25 + 0.12 * len(runs))))
+    fig = Figure(figsize=(width, 3.9 * n_rows + 0.8), layout="constrained")
+    axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
+    bar_w = 0.8 / max(len(runs), 1)
+    for r, ax in enumerate(axes):
+        chunk = order[r * CLASSES_PER_ROW:(r + 1) * CLASSES_PER_ROW]
+        x = np.arange(len(chunk))
+        for j, run in enumerate(runs):
+            vals = np.array([_pct(iou[run][idx[c]]) for c in chunk])
+            offs = x - 0.4 + bar_w * (j + 0.5)
+            ax.bar(offs, np.nan_to_num(vals, nan=0.0), bar_w, color=colors[run], edgecolor="white", linewidth=0.4,
+                   label=f"{run} (mIoU {_pct(miou[run]):.1f})" if r == 0 else None)
+            for xo in offs[np.isnan(vals)]:
+                ax.text(xo, 1.0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.45")
+        ax.set_xticks(x)
+        ax.set_xticklabels(chunk, rotation=45, ha="right", rotation_mode="anchor", fontsize=10)
+        ax.set_xlim(-0.6, max(len(chunk), 1) - 0.4)
+        ax.set_ylim(0, 100)
+        ax.set_ylabel("IoU (%)", fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_axisbelow(True)
+    title = "Per-class IoU on the evaluation split"
+    if sort_note:
+        title += f"\n(classes sorted by {sort_note})"
+    axes[0].set_title(title, fontsize=13)
+    fig.legend(loc="outside lower center", ncol=min(len(runs), 4), fontsize=10, frameon=False)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# PDML analysis (Figures 3 and 4)
+# ------------------------------------------------------------------------------------------------
+
+
+def distance_curves(series: Mapping[str, dict], colors: Mapping[str, tuple], path: str | Path) -> Path:
+    """Mean dis(+) (solid) and dis(−) (dashed) per epoch, and their gap, for each PDML run.
+
+    ``series[run]`` = ``{"epochs": [..0-based..], "pos": [...], "neg": [...], "label": "α=0.8, β=1, m=20"}``;
+    missing values are ``NaN``.
+    """
+    fig = Figure(figsize=(13, 4.8), layout="constrained")
+    ax, gap_ax = fig.subplots(1, 2)
+    for run, s in series.items():
+        ep = np.asarray(s["epochs"], float) + 1
+        pos, neg = np.asarray(s["pos"], float), np.asarray(s["neg"], float)
+        c = colors[run]
+        ax.plot(ep, pos, "-o", color=c, lw=2, ms=4)
+        ax.plot(ep, neg, "--s", color=c, lw=2, ms=4)
+        gap_ax.plot(ep, neg - pos, "-o", color=c, lw=2, ms=4)
+    ax.set_title("Mean pair distance per epoch (paper Figure 3)", fontsize=12)
+    ax.set_ylabel("mean embedding distance", fontsize=11)
+    gap_ax.set_title("Gap dis(−) − dis(+) per epoch", fontsize=12)
+    gap_ax.set_ylabel("distance gap", fontsize=11)
+    gap_ax.axhline(0, color="0.5", lw=0.8)
+    for a in (ax, gap_ax):
+        a.set_xlabel("epoch", fontsize=11)
+        a.grid(alpha=0.3)
+        a.xaxis.get_major_locator().set_params(integer=True)
+    handles = [Line2D([], [], color=colors[r], lw=2.5, label=f"{r} ({s['label']})") for r, s in series.items()]
+    handles += [Line2D([], [], color="0.3", ls="-", marker="o", label="dis(+): positive pairs"),
+                Line2D([], [], color="0.3", ls="--", marker="s", label="dis(−): negative pairs")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=10, frameon=False)
+    return _save(fig, path)
+
+
+def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int = 40) -> Path:
+    """Histograms of raw positive / negative pair distances at the first and last epoch, one row per run.
+
+    ``hists[run]`` = ``{"first": (epoch, pos [N], neg [M]), "last": (epoch, pos, neg), "label": str}``.
+    Both epochs of a run share the bins (0.5–99.5th percentile of all its distances), so a peak
+    shift reads directly.
+    """
+    runs = list(hists)
+    fig = Figure(figsize=(12, 3.3 * len(runs) + 0.9), layout="constrained")
+    axes = fig.subplots(len(runs), 2, squeeze=False)
+    pos_c, neg_c = "#1f77b4", "#d62728"
+    for r, run in enumerate(runs):
+        h = hists[run]
+        allv = np.concatenate([np.asarray(v, float).ravel() for k in ("first", "last") for v in h[k][1:]])
+        allv = allv[np.isfinite(allv)]
+        lo, hi = (np.percentile(allv, [0.5, 99.5]) if allv.size else (0.0, 1.0))
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        edges = np.linspace(lo, hi, bins + 1)
+        for c, which in enumerate(("first", "last")):
+            ax = axes[r, c]
+            epoch, pos, neg = h[which]
+            for vals, colour, name in ((pos, pos_c, "positive pairs"), (neg, neg_c, "negative pairs")):
+                vals = np.clip(np.asarray(vals, float).ravel(), lo, hi)
+                ax.hist(vals, bins=edges, color=colour, alpha=0.45, label=f"{name} (n={vals.size})")
+                ax.hist(vals, bins=edges, color=colour, histtype="step", lw=1.5)
+                if vals.size:
+                    ax.axvline(np.median(vals), color=colour, ls=":", lw=1.5)
+            ax.set_title(f"{run} ({h['label']}): {which} epoch ({epoch + 1})", fontsize=11)
+            ax.set_xlabel("pair distance", fontsize=10)
+            ax.set_ylabel("number of pairs", fontsize=10)
+            ax.legend(fontsize=9, loc="upper right")
+            ax.grid(alpha=0.25)
+    fig.suptitle("Pair-distance distributions, first vs last epoch (paper Figure 4; dotted = median)", fontsize=13)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# qualitative grid (Figures 5 and 6)
+# ------------------------------------------------------------------------------------------------
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
+    """uint8 [H, W, 3] colours of a class-id map [H, W]; 255 (ignore) and unknown ids are black."""
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:] = IGNORE_COLOUR
+    pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
+    lut[: len(pal)] = pal
+    return lut[np.asarray(label).astype(np.int64).clip(0, 255)]
+
+
+def qualitative_grid(samples: Sequence[dict], runs: Sequence[str], classes: Sequence[str],
+                     palette: Sequence[Sequence[int]], path: str | Path, title: str = "") -> Path:
+    """Rows = images; columns = image, ground truth, then each run's prediction.
+
+    ``samples[i]`` = ``{"name": str, "image": uint8 [H, W, 3], "gt": uint8 [H, W] (255 ignore),
+    "preds": {run: int [H, W]}}``. The legend lists the classes that appear in the shown maps.
+    """
+    cols = 2 + len(runs)
+    h0, w0 = samples[0]["gt"].shape
+    cell = 2.6
+    aspect = h0 / max(w0, 1)
+    present = set()
+    for s in samples:
+        present |= set(np.unique(s["gt"]).tolist())
+        for r in runs:
+            present |= set(np.unique(s["preds"][r]).tolist())
+    shown = [c for c in range(len(classes)) if c in present]
+    ncol = min(len(shown) + (IGNORE_INDEX in present), 8)
+    legend_rows = math.ceil((len(shown) + (IGNORE_INDEX in present)) / max(ncol, 1))
+    fig = Figure(figsize=(cell * cols, cell * aspect * len(samples) + 0.9 + 0.3 * legend_rows), layout="constrained")
+    axes = fig.subplots(len(samples), cols, squeeze=False)
+    headers = ["image", "ground truth", *runs]
+    for i, s in enumerate(samples):
+        panels = [s["image"], colorize(s["gt"], palette), *[colorize(s["preds"][r], palette) for r in runs]]
+        for j, img in enumerate(panels):
+            ax = axes[i, j]
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title(headers[j], fontsize=12)
+        axes[i, 0].set_ylabel(s["name"], fontsize=10)
+    handles = [Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c]) for c in shown]
+    if IGNORE_INDEX in present:
+        handles.append(Patch(facecolor=np.asarray(IGNORE_COLOUR) / 255.0, edgecolor="0.3", label="ignore (255)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=max(ncol, 1), fontsize=10, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------
+# training curves and extension
+# ------------------------------------------------------------------------------------------------
+
+
+def _column(rows: Sequence[dict], key: str) -> np.ndarray:
+    return np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows], float)
+
+
+def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[str, float],
+                    colors: Mapping[str, tuple], path: str | Path) -> Path:
+    """Loss terms per epoch (total, CE, PDML) and validation mIoU per run.
+
+    ``epochs[run]`` are the rows of ``epochs.jsonl``. mIoU per epoch is drawn from a ``miou``
+    (or ``val_miou``) column when the log has one; otherwise the final mIoU is one marker at
+    the last epoch.
+    """
+    has_pdml = any(np.nansum(_column(rows, "pdml")) > 0 for rows in epochs.values())
+    panels = [("loss", "total loss"), ("ce", "cross-entropy")] + ([("pdml", "PDML loss")] if has_pdml else [])
+    panels.append(("miou", "validation mIoU (%)"))
+    fig = Figure(figsize=(4.6 * len(panels), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for run, rows in epochs.items():
+        c = colors[run]
+        ep = _column(rows, "epoch") + 1
+        for ax, (key, _) in zip(axes, panels):
+            if key == "miou":
+                per_epoch = next((k for k in ("miou", "val_miou") if any(r.get(k) is not None for r in rows)), None)
+                if per_epoch:
+                    ax.plot(ep, 100 * _column(rows, per_epoch), "-o", color=c, lw=2, ms=4)
+                elif final_miou.get(run) is not None and len(ep):
+                    ax.plot([ep.max()], [_pct(final_miou[run])], "*", color=c, ms=14, mec="black", mew=0.6)
+                continue
+            vals = _column(rows, key)
+            if np.isfinite(vals).any():
+                ax.plot(ep, vals, "-o", color=c, lw=2, ms=4)
+    for ax, (key, name) in zip(axes, panels):
+        ax.set_title(name, fontsize=12)
+        ax.set_xlabel("epoch", fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].set_ylim(bottom=0)
+    if not any(any(r.get(k) is not None for r in rows for k in ("miou", "val_miou")) for rows in epochs.values()):
+        axes[-1].set_title("validation mIoU (%)\n(final model only: ★)", fontsize=12)
+    handles = [Line2D([], [], color=colors[r], lw=2.5, label=r) for r in epochs]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
+    fig.suptitle("Training curves", fontsize=13)
+    return _save(fig, path)
+
+
+def extension_plot(table, trajectories: Mapping[str, dict], colors: Mapping[str, tuple], path: str | Path) -> Path:
+    """Extension accuracy vs coverage: per method of an ablate-extension table, and per training run.
+
+    ``table``: a DataFrame with ``label``, ``method``, ``extension_acc`` and ``coverage``
+    (fractions; ``coverage`` may be missing) or ``None``. ``trajectories[run]`` =
+    ``{"epochs": [...], "acc": [...], "coverage": [...]}`` from the run's epochs.jsonl.
+    """
+    panels = (["table"] if table is not None else []) + (["runs"] if trajectories else [])
+    fig = Figure(figsize=(6.8 * len(panels), 5.2), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, kind in zip(axes, panels):
+        if kind == "table":
+            from matplotlib import colormaps
+
+            methods = list(dict.fromkeys(table["method"].astype(str)))
+            cmap = colormaps["tab10"]
+            markers = "osD^vP*Xh"
+            has_cov = "coverage" in table and table["coverage"].notna().any()
+            for k, m in enumerate(methods):
+                sub = table[table["method"].astype(str) == m]
+                if "threshold" in sub:
+                    sub = sub.sort_values("threshold", na_position="first")
+                x = 100 * sub["coverage"].astype(float) if has_cov else np.arange(len(sub), dtype=float)
+                y = 100 * sub["extension_acc"].astype(float)
+                ax.plot(x, y, marker=markers[k % len(markers)], ms=8, lw=1.5, color=cmap(k % 10), label=m)
+                if "threshold" in sub:
+                    for xi, yi, t in zip(x, y, sub["threshold"]):
+                        if t == t and t is not None:
+                            ax.annotate(f"{float(t):g}", (xi, yi), textcoords="offset points", xytext=(5, 5),
+                                        fontsize=9, color=cmap(k % 10))
+            ax.set_xlabel("coverage of labelled pixels (%)" if has_cov else "setting", fontsize=11)
+            ax.set_title("Extension methods (paper Table 5; labels = score threshold)", fontsize=12)
+            ax.legend(fontsize=10, title="method")
+        else:
+            for run, t in trajectories.items():
+                x, y = 100 * np.asarray(t["coverage"], float), 100 * np.asarray(t["acc"], float)
+                ax.plot(x, y, "-o", color=colors[run], lw=2, ms=5, label=run)
+                ok = np.isfinite(x) & np.isfinite(y)
+                for xi, yi, e in zip(x[ok], y[ok], np.asarray(t["epochs"])[ok]):
+                    ax.annotate(f"ep {int(e) + 1}", (xi, yi), textcoords="offset points", xytext=(5, -10),
+                                fontsize=8, color=colors[run])
+            ax.set_xlabel("coverage of labelled pixels (%)", fontsize=11)
+            ax.set_title("Online extension during training (per epoch)", fontsize=12)
+            ax.legend(fontsize=10, title="run")
+        ax.set_ylabel("extension accuracy (%)", fontsize=11)
+        ax.grid(alpha=0.3)
+    return _save(fig, path)

@@ -1,0 +1,123 @@
+"""Pipelines: validation with file and line, matrix, overrides, dry run, caching through stages."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pointparse.cache import StageCache
+from pointparse.cli.main import main
+from pointparse.errors import ConfigError
+from pointparse.pipeline import RunContext, load_pipeline, plan, run_pipeline, shipped_pipeline
+
+TINY = """
+name: tiny
+datasets:
+  scenes: {kind: synthetic, options: {seed: 5, size: 48, splits: {train: 6, val: 3}}}
+defaults:
+  train: {weights: none, epochs: 1, batch_size: 3, crop_size: 40, workers: 0}
+stages:
+  points: {kind: make-points, dataset: scenes, params: {workers: 0}}
+  pdml:
+    kind: train
+    dataset: scenes
+    points: points
+    val_split: val
+    eval: {workers: 0}
+  plain:
+    kind: train
+    dataset: scenes
+    points: points
+    params: {pdml: false}
+"""
+
+
+def _write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_validation_reports_every_problem_with_lines(tmp_path):
+    p = _write(tmp_path, """
+        datasets:
+          d: {kind: synthetic}
+        stages:
+          a: {kind: make-points, dataset: d}
+          b:
+            kind: trian
+          c:
+            kind: train
+            dataset: d
+            points: nowhere
+            params: {epochz: 3}
+          x: {kind: train, dataset: d, points: y, after: [y]}
+          y: {kind: make-points, dataset: d, after: [x]}
+        """)
+    with pytest.raises(ConfigError) as e:
+        load_pipeline(p)
+    msg = str(e.value)
+    assert f"{p}:7: stage 'b': unknown stage kind 'trian'" in msg
+    assert "train" in msg.split("trian", 1)[1]  # lists the valid kinds
+    assert f"{p}:12: stage 'c': unknown parameter 'epochz'" in msg
+    assert f"{p}:11: stage 'c': points refers to unknown stage 'nowhere'" in msg
+    assert "dependency cycle" in msg and "x" in msg and "y" in msg
+
+
+def test_matrix_and_overrides(tmp_path):
+    p = _write(tmp_path, TINY + """
+  sweep:
+    kind: train
+    dataset: scenes
+    points: points
+    matrix: {alpha: [0.0, 0.8], margin: [10, 20]}
+""")
+    pipe = load_pipeline(p, ["defaults.train.epochs=3", "stages.plain.params.lr=0.01"])
+    sweep = [n for n in pipe.stages if n.startswith("sweep[")]
+    assert len(sweep) == 4 and "sweep[alpha=0.8,margin=10]" in sweep
+    assert pipe.stages["sweep[alpha=0.0,margin=20]"].params["alpha"] == 0.0
+    assert all(pipe.stages[n].params["epochs"] == 3 for n in sweep)
+    assert pipe.stages["plain"].params["lr"] == 0.01
+    assert pipe.order.index("points") < pipe.order.index("plain")
+
+
+def test_run_caches_and_reruns_only_what_changed(tmp_path):
+    p = _write(tmp_path, TINY)
+    cache = StageCache(tmp_path / "cache")
+    ctx = RunContext(cache=cache, datasets={}, progress=False, echo=lambda s: None)
+    pipe = load_pipeline(p)
+    ctx.datasets = pipe.datasets
+    rows = plan(pipe, ctx)
+    assert [r[1] for r in rows] == ["will run"] * 3 and all(r[2] for r in rows)
+    first = run_pipeline(pipe, ctx)
+    assert not any(r.cached for r in first.values())
+    # the dry run predicted the keys the run used
+    assert {r[0]: r[2] for r in rows} == {n: r.key for n, r in first.items()}
+    again = run_pipeline(load_pipeline(p), ctx)
+    assert all(r.cached for r in again.values())
+    changed = load_pipeline(p, ["stages.plain.params.lr=0.01"])
+    assert [r[1] for r in plan(changed, ctx)] == ["cached", "cached", "will run"]
+    third = run_pipeline(changed, ctx)
+    assert third["points"].cached and third["pdml"].cached and not third["plain"].cached
+
+
+def test_cli_run_dry_run(tmp_path):
+    p = _write(tmp_path, TINY)
+    r = CliRunner().invoke(main, ["run", str(p), "--dry-run", "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code == 0, r.output
+    assert "points" in r.output and "will run" in r.output
+    bad = _write(tmp_path, "stages: {a: {kind: nope}}\n", "bad.yaml")
+    r = CliRunner().invoke(main, ["run", str(bad), "--cache-dir", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "bad.yaml:1" in r.output and "unknown stage kind" in r.output
+
+
+@pytest.mark.parametrize("name", ["quickstart", "labelmefacade-cpu", "pascal-context", "ade20k"])
+def test_shipped_pipelines_validate(name):
+    path = shipped_pipeline(name)
+    assert path.exists(), path
+    overrides = ["datasets.data.root=/nonexistent"] if name != "quickstart" else []
+    pipe = load_pipeline(path, overrides)
+    assert pipe.order
