@@ -434,3 +434,20 @@ def gather_points(
     if groups is not None:
         grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])
     return emb, lab, ids, grp
+
+
+def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, image_index: torch.Tensor,
+                        num_images: int) -> torch.Tensor:
+    """Eq. 2 on labels known at M scattered pixels: per image the mean CE, then the mean over images.
+
+    ``logits`` [M, C] (the network's upsampled logits at those pixels), ``labels`` [M] (255 =
+    none), ``image_index`` [M]. Equals :func:`point_cross_entropy` of the dense maps that hold
+    these labels; 0 (with grad) when no pixel is labelled.
+    """
+    valid = labels != IGNORE_INDEX
+    safe = torch.where(valid, labels, torch.zeros_like(labels))
+    ce = F.cross_entropy(logits.float(), safe, reduction="none") * valid
+    sums = torch.zeros(num_images, dtype=ce.dtype, device=ce.device).index_add(0, image_index, ce)
+    counts = torch.zeros(num_images, dtype=ce.dtype, device=ce.device).index_add(0, image_index, valid.to(ce.dtype))
+    has = counts > 0
+    return (sums / counts.clamp(min=1)).sum() / has.sum().clamp(min=1)

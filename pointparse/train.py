@@ -34,9 +34,11 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
-from .extension import EXTENSION_MODES, extension_stats, finalize_extension_stats, merge_extension_stats, online_extension
+from .extension import (EXTENSION_MODES, extend_at_pixels, extension_stats, extension_stats_at_pixels,
+                        finalize_extension_stats, merge_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
-from .losses import gather_points, pdml_loss, point_cross_entropy, sample_embeddings, subgroups
+from .losses import (gather_points, pdml_loss, pixel_cross_entropy, point_cross_entropy, sample_embeddings,
+                     subgroups)
 from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model, upsample_logits
 from .transforms import AugmentConfig, TrainSamples, collate
 
@@ -218,23 +220,37 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     H, W = images.shape[-2:]
     with torch.autocast(images.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         out = model(images)
-    logits = upsample_logits(out["logits"].float(), (H, W))
     if cfg.supervision == "full":
+        logits = upsample_logits(out["logits"].float(), (H, W))
         dense = batch["dense"]
         ce = F.cross_entropy(logits, dense, ignore_index=IGNORE_INDEX) if (dense != IGNORE_INDEX).any() \
             else logits.sum() * 0.0
         return StepOutput(ce, float(ce.detach()), 0.0)
 
-    target = batch["points"]
+    active = cfg.extension != "none" and epoch >= cfg.extension_start_epoch
+    mode = cfg.extension if active else "none"
+    gt = batch["dense"] if (active and (batch["dense"] != IGNORE_INDEX).any()) else None
     ext = None
-    if cfg.extension != "none" and epoch >= cfg.extension_start_epoch:
+    if mode == "score":
+        # Eq. 6 alone can label any pixel of the image: the dense path
+        logits = upsample_logits(out["logits"].float(), (H, W))
         with torch.no_grad():
-            probs = torch.softmax(logits.detach(), dim=1)
-            target = online_extension(probs, batch["points"], threshold=cfg.threshold, region=cfg.region,
-                                      mode=cfg.extension)
-            gt = batch["dense"] if (batch["dense"] != IGNORE_INDEX).any() else None
+            target = online_extension(torch.softmax(logits.detach(), dim=1), batch["points"],
+                                      threshold=cfg.threshold, region=cfg.region, mode=mode)
             ext = extension_stats(target, batch["points"], gt)
-    ce = point_cross_entropy(logits, target)
+        ce = point_cross_entropy(logits, target)
+    else:
+        # none / region / score+region label pixels inside the click squares only, so the logits are
+        # sampled there (bilinear, exactly the upsampled values) instead of upsampling whole images
+        pix = square_pixels(batch["points"], cfg.region if mode != "none" else 1)
+        xy = torch.stack([pix["x"], pix["y"]], 1).float()
+        pix_logits = sample_embeddings(out["logits"].float(), xy, pix["b"], (H, W))
+        with torch.no_grad():
+            probs = torch.softmax(pix_logits.detach(), dim=1) if mode == "score+region" else None
+            target = extend_at_pixels(pix, probs, batch["points"], cfg.threshold, mode)
+            if active:
+                ext = extension_stats_at_pixels(pix, target, images.shape[0], gt)
+        ce = pixel_cross_entropy(pix_logits, target, pix["b"], images.shape[0]) + 0.0 * out["logits"].sum()
     loss = ce
     res = StepOutput(loss, float(ce.detach()), 0.0, extension=ext)
     if cfg.pdml:

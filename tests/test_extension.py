@@ -186,3 +186,45 @@ def test_stats_counts_on_hand_made_ground_truth():
     assert fin["new_pixels_per_image"] == 2.0 and fin["images"] == 4
     no_gt = finalize_extension_stats(merge_extension_stats(extension_stats(ext, lab)))
     assert no_gt["accuracy"] is None and no_gt["coverage"] is None and no_gt["new_pixels"] == 4
+
+
+# ---- the sparse training path equals the dense definition -----------------------------------
+
+@pytest.mark.parametrize("mode", ["none", "region", "score+region"])
+def test_square_pixel_path_matches_dense(mode):
+    from pointparse.extension import extend_at_pixels, extension_stats_at_pixels, square_pixels
+    from pointparse.losses import pixel_cross_entropy, point_cross_entropy, sample_embeddings
+    from pointparse.model import upsample_logits
+
+    g = torch.Generator().manual_seed(0)
+    B, C, H, W = 3, 6, 37, 41
+    low = (torch.randn(B, C, 10, 11, generator=g) * 3).requires_grad_(True)
+    points = torch.full((B, H, W), 255, dtype=torch.long)
+    for b in range(B - 1):  # the last image has no clicks
+        for _ in range(6):
+            y, x = torch.randint(0, H, (1,), generator=g).item(), torch.randint(0, W, (1,), generator=g).item()
+            points[b, y, x] = torch.randint(0, C, (1,), generator=g).item()
+    points[0, 0, 0], points[0, 1, 2] = 1, 2  # overlapping squares at a corner
+    gt = torch.randint(0, C, (B, H, W), generator=g)
+    gt[:, :5] = 255
+
+    up = upsample_logits(low, (H, W))
+    dense = online_extension(torch.softmax(up.detach(), 1), points, threshold=0.4, region=5, mode=mode)
+    ce_dense = point_cross_entropy(up, dense)
+    (grad_dense,) = torch.autograd.grad(ce_dense, low)
+
+    pix = square_pixels(points, 5 if mode != "none" else 1)
+    xy = torch.stack([pix["x"], pix["y"]], 1).float()
+    pl = sample_embeddings(low, xy, pix["b"], (H, W))
+    lab = extend_at_pixels(pix, torch.softmax(pl.detach(), 1), points, 0.4, mode)
+    ce_sparse = pixel_cross_entropy(pl, lab, pix["b"], B)
+    (grad_sparse,) = torch.autograd.grad(ce_sparse, low)
+
+    rebuilt = torch.full_like(dense, 255)
+    rebuilt[pix["b"], pix["y"], pix["x"]] = lab
+    assert torch.equal(rebuilt, dense)
+    assert torch.allclose(ce_sparse, ce_dense, atol=1e-5)
+    assert torch.allclose(grad_sparse, grad_dense, atol=1e-6)
+    s1 = extension_stats(dense, points, gt)
+    s2 = extension_stats_at_pixels(pix, lab, B, gt)
+    assert {k: int(v) for k, v in s1.items()} == {k: int(v) for k, v in s2.items()}

@@ -1,0 +1,93 @@
+"""Training-step overhead: the full step (point CE + PDML + online extension) vs the bare model.
+
+Both are measured in one run on the same batch and model: the bare step is forward, a trivial
+loss on the logits, backward and an SGD step; the full step is :func:`pointparse.train.compute_losses`
+(upsampling, extension under no_grad, point CE, embedding sampling, PDML) + backward + step. The
+ratio full/bare of images per second is the number to watch (target ≥ 0.95).
+
+    python benchmarks/bench_train_step.py --batch 8 --crop 321 --classes 59
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from pointparse.model import build_model
+from pointparse.train import TrainConfig, compute_losses
+
+
+def make_batch(b: int, crop: int, classes: int, clicks: int, seed: int = 0) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(b * clicks, 2, generator=g) * (crop - 1)
+    cls = torch.randint(0, classes, (b * clicks,), generator=g)
+    bidx = torch.arange(b).repeat_interleave(clicks)
+    points = torch.full((b, crop, crop), 255, dtype=torch.long)
+    points[bidx, xy[:, 1].round().long(), xy[:, 0].round().long()] = cls
+    dense = torch.randint(0, classes, (b, crop, crop), generator=g)
+    return {"image": torch.randn(b, 3, crop, crop, generator=g), "dense": dense, "points": points,
+            "points_xy": xy, "points_cls": cls, "batch_index": bidx, "image_ids": bidx, "index": torch.arange(b)}
+
+
+def timeit(fn, warmup: int, reps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--crop", type=int, default=321)
+    ap.add_argument("--classes", type=int, default=59)
+    ap.add_argument("--clicks", type=int, default=13, help="clicks per image (paper: 12.3 / 14.0)")
+    ap.add_argument("--extension", default="score+region")
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    cfg = TrainConfig(backbone=args.backbone, weights="none", extension=args.extension, pdml=True,
+                      batch_size=args.batch, crop_size=args.crop)
+    model = build_model(cfg.model_config(args.classes)).to(dev).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in
+             make_batch(args.batch, args.crop, args.classes, args.clicks).items()}
+    gen = torch.Generator().manual_seed(0)
+
+    def bare():
+        out = model(batch["image"])
+        loss = out["logits"].float().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def full():
+        res = compute_losses(model, batch, cfg, epoch=0, generator=gen, amp_dtype=None)
+        opt.zero_grad(set_to_none=True)
+        res.loss.backward()
+        opt.step()
+
+    rows = []
+    for name, fn in (("bare", bare), ("full", full), ("bare (again)", bare), ("full (again)", full)):
+        t = timeit(fn, 1, args.reps)
+        rows.append((name, t))
+        print(f"{name:14s} {1000 * t:9.1f} ms/step  {args.batch / t:7.2f} img/s", flush=True)
+    tb = min(t for n, t in rows if n.startswith("bare"))
+    tf = min(t for n, t in rows if n.startswith("full"))
+    print(f"\n{args.backbone} batch {args.batch} crop {args.crop} classes {args.classes} on {dev}: "
+          f"full/bare throughput ratio = {tb / tf:.3f} (target >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
