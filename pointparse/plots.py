@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from . import IGNORE_INDEX
 from .io import atomic_file
@@ -44,6 +45,12 @@ def _save(fig: Figure, path: str | Path) -> Path:
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
     return path
+
+
+def _legend_cols(n: int, most: int) -> int:
+    """Columns for ``n`` legend entries: one row when they fit, else rows of equal length."""
+    rows = math.ceil(n / max(most, 1))
+    return max(1, math.ceil(n / rows))
 
 
 def _pct(v: float) -> float:
@@ -72,6 +79,8 @@ def per_class_iou_bars(iou: Mapping[str, Sequence[float]], classes: Sequence[str
     fig = Figure(figsize=(width, 3.9 * n_rows + 0.8), layout="constrained")
     axes = fig.subplots(n_rows, 1, squeeze=False)[:, 0]
     bar_w = 0.8 / max(len(runs), 1)
+    peak = np.nanmax([_pct(v) for run in runs for v in iou[run]] + [0.0])
+    top = min(100.0, max(10.0, 10.0 * math.ceil(peak * 1.12 / 10.0)))  # room above the tallest bar
     for r, ax in enumerate(axes):
         chunk = order[r * CLASSES_PER_ROW:(r + 1) * CLASSES_PER_ROW]
         x = np.arange(len(chunk))
@@ -81,11 +90,11 @@ def per_class_iou_bars(iou: Mapping[str, Sequence[float]], classes: Sequence[str
             ax.bar(offs, np.nan_to_num(vals, nan=0.0), bar_w, color=colors[run], edgecolor="white", linewidth=0.4,
                    label=f"{run} (mIoU {_pct(miou[run]):.1f})" if r == 0 else None)
             for xo in offs[np.isnan(vals)]:
-                ax.text(xo, 1.0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.45")
+                ax.text(xo, top * 0.01, "n/a", rotation=90, ha="center", va="bottom", fontsize=8, color="0.35")
         ax.set_xticks(x)
         ax.set_xticklabels(chunk, rotation=45, ha="right", rotation_mode="anchor", fontsize=10)
         ax.set_xlim(-0.6, max(len(chunk), 1) - 0.4)
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, top)
         ax.set_ylabel("IoU (%)", fontsize=11)
         ax.grid(axis="y", alpha=0.3)
         ax.set_axisbelow(True)
@@ -93,7 +102,8 @@ def per_class_iou_bars(iou: Mapping[str, Sequence[float]], classes: Sequence[str
     if sort_note:
         title += f"\n(classes sorted by {sort_note})"
     axes[0].set_title(title, fontsize=13)
-    fig.legend(loc="outside lower center", ncol=min(len(runs), 4), fontsize=10, frameon=False)
+    fig.legend(loc="outside lower center", ncol=_legend_cols(len(runs), 5 if width >= 12 else 3), fontsize=10,
+               frameon=False)
     return _save(fig, path)
 
 
@@ -148,23 +158,29 @@ def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int =
         h = hists[run]
         allv = np.concatenate([np.asarray(v, float).ravel() for k in ("first", "last") for v in h[k][1:]])
         allv = allv[np.isfinite(allv)]
-        lo, hi = (np.percentile(allv, [0.5, 99.5]) if allv.size else (0.0, 1.0))
+        # distances are >= 0; a far tail would squash the peaks, so the axis ends at the 99.5th
+        # percentile and the few pairs beyond it are counted in the legend instead of piled up
+        lo, hi = 0.0, (float(np.percentile(allv, 99.5)) if allv.size else 1.0)
         if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
+            hi = lo + 1.0
         edges = np.linspace(lo, hi, bins + 1)
         for c, which in enumerate(("first", "last")):
             ax = axes[r, c]
             epoch, pos, neg = h[which]
             for vals, colour, name in ((pos, pos_c, "positive pairs"), (neg, neg_c, "negative pairs")):
-                vals = np.clip(np.asarray(vals, float).ravel(), lo, hi)
-                ax.hist(vals, bins=edges, color=colour, alpha=0.45, label=f"{name} (n={vals.size})")
+                vals = np.asarray(vals, float).ravel()
+                beyond = int((vals > hi).sum())
+                note = f", {beyond} > {hi:.3g} not shown" if beyond else ""
+                ax.hist(vals, bins=edges, color=colour, alpha=0.45, label=f"{name} (n={vals.size}{note})")
                 ax.hist(vals, bins=edges, color=colour, histtype="step", lw=1.5)
                 if vals.size:
                     ax.axvline(np.median(vals), color=colour, ls=":", lw=1.5)
             ax.set_title(f"{run} ({h['label']}): {which} epoch ({epoch + 1})", fontsize=11)
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom so the legend does not cover the bars
             ax.set_xlabel("pair distance", fontsize=10)
             ax.set_ylabel("number of pairs", fontsize=10)
-            ax.legend(fontsize=9, loc="upper right")
+            ax.legend(fontsize=9, loc="upper right", framealpha=0.9)
             ax.grid(alpha=0.25)
     fig.suptitle("Pair-distance distributions, first vs last epoch (paper Figure 4; dotted = median)", fontsize=13)
     return _save(fig, path)
@@ -184,6 +200,19 @@ def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     return lut[np.asarray(label).astype(np.int64).clip(0, 255)]
 
 
+def _wrap(text: str, width: int) -> str:
+    """Break a long run name at '+' signs so column headers do not run into each other."""
+    if len(text) <= width:
+        return text
+    lines, cur = [], ""
+    for part in text.replace("+", "+\0").split("\0"):
+        if cur and len(cur) + len(part) > width:
+            lines.append(cur)
+            cur = ""
+        cur += part
+    return "\n".join([*lines, cur])
+
+
 def qualitative_grid(samples: Sequence[dict], runs: Sequence[str], classes: Sequence[str],
                      palette: Sequence[Sequence[int]], path: str | Path, title: str = "") -> Path:
     """Rows = images; columns = image, ground truth, then each run's prediction.
@@ -201,11 +230,12 @@ def qualitative_grid(samples: Sequence[dict], runs: Sequence[str], classes: Sequ
         for r in runs:
             present |= set(np.unique(s["preds"][r]).tolist())
     shown = [c for c in range(len(classes)) if c in present]
-    ncol = min(len(shown) + (IGNORE_INDEX in present), 8)
-    legend_rows = math.ceil((len(shown) + (IGNORE_INDEX in present)) / max(ncol, 1))
+    n_items = len(shown) + (IGNORE_INDEX in present)
+    legend_rows = math.ceil(n_items / 10)
+    ncol = math.ceil(n_items / max(legend_rows, 1))  # balanced rows, at most 10 entries each
     fig = Figure(figsize=(cell * cols, cell * aspect * len(samples) + 0.9 + 0.3 * legend_rows), layout="constrained")
     axes = fig.subplots(len(samples), cols, squeeze=False)
-    headers = ["image", "ground truth", *runs]
+    headers = ["image", "ground truth", *[_wrap(r, 22) for r in runs]]
     for i, s in enumerate(samples):
         panels = [s["image"], colorize(s["gt"], palette), *[colorize(s["preds"][r], palette) for r in runs]]
         for j, img in enumerate(panels):
@@ -236,41 +266,67 @@ def _column(rows: Sequence[dict], key: str) -> np.ndarray:
 
 def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[str, float],
                     colors: Mapping[str, tuple], path: str | Path) -> Path:
-    """Loss terms per epoch (total, CE, PDML) and validation mIoU per run.
+    """Loss terms per epoch (total, CE, PDML) and validation mIoU, in a 2×2 grid sharing the epoch axis.
 
-    ``epochs[run]`` are the rows of ``epochs.jsonl``. mIoU per epoch is drawn from a ``miou``
-    (or ``val_miou``) column when the log has one; otherwise the final mIoU is one marker at
-    the last epoch.
+    ``epochs[run]`` are the rows of ``epochs.jsonl``. The PDML panel shows only runs with a PDML
+    term. mIoU per epoch is drawn from a ``miou`` (or ``val_miou``) column when the log has one;
+    otherwise the final mIoU is one star at the last epoch.
     """
-    has_pdml = any(np.nansum(_column(rows, "pdml")) > 0 for rows in epochs.values())
-    panels = [("loss", "total loss"), ("ce", "cross-entropy")] + ([("pdml", "PDML loss")] if has_pdml else [])
-    panels.append(("miou", "validation mIoU (%)"))
-    fig = Figure(figsize=(4.6 * len(panels), 4.4), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    fig = Figure(figsize=(12, 8.5), layout="constrained")
+    axes = fig.subplots(2, 2, sharex=True).ravel()
+    panels = [("loss", "total loss"), ("ce", "cross-entropy"), ("pdml", "PDML loss (PDML runs)"),
+              ("miou", "validation mIoU (%)")]
+    per_epoch_miou = False
+    max_epoch = 1
     for run, rows in epochs.items():
         c = colors[run]
         ep = _column(rows, "epoch") + 1
+        if len(ep):
+            max_epoch = max(max_epoch, int(np.nanmax(ep)))
         for ax, (key, _) in zip(axes, panels):
             if key == "miou":
-                per_epoch = next((k for k in ("miou", "val_miou") if any(r.get(k) is not None for r in rows)), None)
-                if per_epoch:
-                    ax.plot(ep, 100 * _column(rows, per_epoch), "-o", color=c, lw=2, ms=4)
-                elif final_miou.get(run) is not None and len(ep):
-                    ax.plot([ep.max()], [_pct(final_miou[run])], "*", color=c, ms=14, mec="black", mew=0.6)
+                col = next((k for k in ("miou", "val_miou") if any(r.get(k) is not None for r in rows)), None)
+                if col:
+                    per_epoch_miou = True
+                    ax.plot(ep, 100 * _column(rows, col), "-o", color=c, lw=2, ms=4)
+                elif final_miou.get(run) is not None and len(ep) and not math.isnan(final_miou[run]):
+                    x, y = np.nanmax(ep), _pct(final_miou[run])
+                    ax.plot([x], [y], "*", color=c, ms=16, mec="black", mew=0.6)
+                    ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(-12, 0), ha="right",
+                                va="center", fontsize=10, color=c)
                 continue
             vals = _column(rows, key)
+            if key == "pdml" and not np.nansum(np.abs(vals)) > 0:
+                continue  # a run without PDML logs pdml = 0: not a curve worth drawing
             if np.isfinite(vals).any():
                 ax.plot(ep, vals, "-o", color=c, lw=2, ms=4)
     for ax, (key, name) in zip(axes, panels):
         ax.set_title(name, fontsize=12)
-        ax.set_xlabel("epoch", fontsize=11)
         ax.grid(alpha=0.3)
+        ax.set_xlim(0.6, max_epoch + 0.4)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[-1].set_ylim(bottom=0)
-    if not any(any(r.get(k) is not None for r in rows for k in ("miou", "val_miou")) for rows in epochs.values()):
-        axes[-1].set_title("validation mIoU (%)\n(final model only: ★)", fontsize=12)
+    for ax in axes[2:]:
+        ax.set_xlabel("epoch", fontsize=11)
+    loss_vals = np.concatenate([_column(rows, "loss") for rows in epochs.values()] or [np.zeros(0)])
+    loss_vals = loss_vals[np.isfinite(loss_vals) & (loss_vals > 0)]
+    if loss_vals.size and loss_vals.max() / loss_vals.min() > 20:  # PDML runs' losses dwarf CE-only runs
+        axes[0].set_yscale("log")
+        axes[0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        # label the 2s, 3s and 5s between decades; all nine minor labels would collide
+        axes[0].yaxis.set_minor_formatter(FuncFormatter(
+            lambda v, _: f"{v:g}" if v > 0 and round(v / 10 ** math.floor(math.log10(v) + 1e-9)) in (2, 3, 5) else ""))
+        axes[0].tick_params(axis="y", which="minor", labelsize=8)
+        axes[0].set_title("total loss (log scale)", fontsize=12)
+    if not axes[2].lines:
+        axes[2].text(0.5, 0.5, "no run trains with PDML", ha="center", va="center", transform=axes[2].transAxes,
+                     fontsize=11, color="0.4")
+    top = max([y for line in axes[3].lines for y in np.asarray(line.get_ydata(), float) if np.isfinite(y)] or [10.0])
+    axes[3].set_ylim(0, top * 1.15)
+    if not per_epoch_miou:
+        axes[3].set_title("validation mIoU (%) of the final model (★)", fontsize=12)
     handles = [Line2D([], [], color=colors[r], lw=2.5, label=r) for r in epochs]
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), fontsize=10, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncol=_legend_cols(len(handles), 6), fontsize=10,
+               frameon=False)
     fig.suptitle("Training curves", fontsize=13)
     return _save(fig, path)
 
@@ -278,36 +334,86 @@ def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[st
 def extension_plot(table, trajectories: Mapping[str, dict], colors: Mapping[str, tuple], path: str | Path) -> Path:
     """Extension accuracy vs coverage: per method of an ablate-extension table, and per training run.
 
-    ``table``: a DataFrame with ``label``, ``method``, ``extension_acc`` and ``coverage``
-    (fractions; ``coverage`` may be missing) or ``None``. ``trajectories[run]`` =
-    ``{"epochs": [...], "acc": [...], "coverage": [...]}`` from the run's epochs.jsonl.
+    ``table``: a DataFrame with ``label``, ``method``, ``extension_acc`` and optionally ``threshold``,
+    ``coverage`` and ``miou`` (fractions), or ``None``; it gives two panels, accuracy against
+    coverage (one colour per method, a method's thresholds joined by a line) and the accuracy (and
+    mIoU) of every row as labelled bars, since several rows often sit almost on one point.
+    ``trajectories[run]`` = ``{"epochs": [...], "acc": [...], "coverage": [...]}`` from the run's
+    epochs.jsonl gives a third panel.
     """
-    panels = (["table"] if table is not None else []) + (["runs"] if trajectories else [])
-    fig = Figure(figsize=(6.8 * len(panels), 5.2), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, kind in zip(axes, panels):
-        if kind == "table":
-            from matplotlib import colormaps
+    from matplotlib import colormaps
 
-            methods = list(dict.fromkeys(table["method"].astype(str)))
-            cmap = colormaps["tab10"]
-            markers = "osD^vP*Xh"
+    panels = (["scatter", "bars"] if table is not None else []) + (["runs"] if trajectories else [])
+    n_rows_table = 0 if table is None else len(table)
+    if len(panels) == 3:  # the bars (one per table row) run down the right-hand side
+        fig = Figure(figsize=(14, max(10.0, 1.5 + 0.45 * n_rows_table)), layout="constrained")
+        mosaic = fig.subplot_mosaic([["scatter", "bars"], ["runs", "bars"]])
+    else:
+        fig = Figure(figsize=(6.8 * len(panels), max(5.4, 1.6 + 0.42 * n_rows_table)), layout="constrained")
+        mosaic = fig.subplot_mosaic([panels])
+    axes = [mosaic[k] for k in panels]
+    cmap = colormaps["tab10"]
+    if table is not None:
+        methods = list(dict.fromkeys(table["method"].astype(str)))
+        mcol = {m: cmap(k % 10) for k, m in enumerate(methods)}
+        markers = "osD^vP*Xh"
+    for ax, kind in zip(axes, panels):
+        if kind == "scatter":
             has_cov = "coverage" in table and table["coverage"].notna().any()
             for k, m in enumerate(methods):
                 sub = table[table["method"].astype(str) == m]
                 if "threshold" in sub:
                     sub = sub.sort_values("threshold", na_position="first")
-                x = 100 * sub["coverage"].astype(float) if has_cov else np.arange(len(sub), dtype=float)
-                y = 100 * sub["extension_acc"].astype(float)
-                ax.plot(x, y, marker=markers[k % len(markers)], ms=8, lw=1.5, color=cmap(k % 10), label=m)
-                if "threshold" in sub:
-                    for xi, yi, t in zip(x, y, sub["threshold"]):
-                        if t == t and t is not None:
-                            ax.annotate(f"{float(t):g}", (xi, yi), textcoords="offset points", xytext=(5, 5),
-                                        fontsize=9, color=cmap(k % 10))
-            ax.set_xlabel("coverage of labelled pixels (%)" if has_cov else "setting", fontsize=11)
-            ax.set_title("Extension methods (paper Table 5; labels = score threshold)", fontsize=12)
-            ax.legend(fontsize=10, title="method")
+                x = 100 * sub["coverage"].astype(float).to_numpy() if has_cov else np.full(len(sub), float(k))
+                y = 100 * sub["extension_acc"].astype(float).to_numpy()
+                ax.plot(x, y, marker=markers[k % len(markers)], ms=9, lw=1.5, color=mcol[m], label=m, alpha=0.9)
+                thr = sub["threshold"].to_numpy() if "threshold" in sub else np.full(len(sub), np.nan)
+                ok = [i for i in range(len(sub)) if thr[i] == thr[i] and thr[i] is not None]
+                # label only a method's extreme thresholds: inner ones would sit on top of each other
+                for pos, i in enumerate(dict.fromkeys([ok[0], ok[-1]]) if ok else []):
+                    ax.annotate(f"t={float(thr[i]):g}", (x[i], y[i]), textcoords="offset points",
+                                xytext=(8, -14) if pos == 0 else (-8, 8), ha="left" if pos == 0 else "right",
+                                fontsize=9, color=mcol[m])
+            if has_cov:
+                cov = 100 * table["coverage"].astype(float)
+                cov = cov[cov > 0]
+                if len(cov) and cov.max() / cov.min() > 20:  # methods differ by decades in coverage
+                    ax.set_xscale("log")
+                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                    ax.xaxis.set_minor_formatter(NullFormatter())  # 1-2-5 majors are enough labels
+                ax.set_xlabel("coverage of labelled pixels (%)", fontsize=11)
+            else:
+                ax.set_xticks(range(len(methods)))
+                ax.set_xticklabels(methods, rotation=30, ha="right")
+            ax.set_ylabel("extension accuracy (%)", fontsize=11)
+            ax.set_title("Extension accuracy vs coverage (paper Table 5)", fontsize=12)
+            ax.margins(x=0.1, y=0.1)
+            ax.legend(fontsize=10, title="method", loc="best")
+        elif kind == "bars":
+            labels = table["label"].astype(str).tolist()
+            acc = 100 * table["extension_acc"].astype(float).to_numpy()
+            miou = 100 * table["miou"].astype(float).to_numpy() if "miou" in table and table["miou"].notna().any() else None
+            yy = np.arange(len(labels))[::-1]
+            h = 0.4 if miou is not None else 0.7
+            cols = [mcol[m] for m in table["method"].astype(str)]
+            ax.barh(yy + (h / 2 if miou is not None else 0), np.nan_to_num(acc), h, color=cols, label="extension acc")
+            for yi, v in zip(yy, acc):
+                if v == v:
+                    ax.text(v + 1, yi + (h / 2 if miou is not None else 0), f"{v:.1f}", va="center", fontsize=9)
+            if miou is not None:
+                ax.barh(yy - h / 2, np.nan_to_num(miou), h, color=cols, alpha=0.45, hatch="//", edgecolor="0.3",
+                        label="mIoU")
+                for yi, v in zip(yy, miou):
+                    if v == v:
+                        ax.text(v + 1, yi - h / 2, f"{v:.1f}", va="center", fontsize=9, color="0.25")
+                ax.legend(handles=[Patch(facecolor="0.5", label="extension accuracy (%)"),
+                                   Patch(facecolor="0.85", hatch="//", edgecolor="0.3", label="mIoU (%)")],
+                          fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
+            ax.set_yticks(yy)
+            ax.set_yticklabels(labels, fontsize=10)
+            ax.set_xlim(0, 112)
+            ax.set_title("Extension accuracy and mIoU per setting", fontsize=12)
         else:
             for run, t in trajectories.items():
                 x, y = 100 * np.asarray(t["coverage"], float), 100 * np.asarray(t["acc"], float)
@@ -317,8 +423,8 @@ def extension_plot(table, trajectories: Mapping[str, dict], colors: Mapping[str,
                     ax.annotate(f"ep {int(e) + 1}", (xi, yi), textcoords="offset points", xytext=(5, -10),
                                 fontsize=8, color=colors[run])
             ax.set_xlabel("coverage of labelled pixels (%)", fontsize=11)
+            ax.set_ylabel("extension accuracy (%)", fontsize=11)
             ax.set_title("Online extension during training (per epoch)", fontsize=12)
             ax.legend(fontsize=10, title="run")
-        ax.set_ylabel("extension accuracy (%)", fontsize=11)
         ax.grid(alpha=0.3)
     return _save(fig, path)
