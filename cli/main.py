@@ -7,43 +7,12 @@ with exit code 1.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import sys
-from pathlib import Path
-
 import click
 
-from pointparse.cache import CACHE_ENV, StageCache
-from pointparse.errors import PointParseError
+from pointparse.cache import StageCache
 
-from .options import dataset_options, parse_kv, spec_from_options
-
-
-def _friendly(fn):
-    """Turn library errors into one clear message and a non-zero exit (no traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PointParseError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-def _report(result, what: str) -> None:
-    state = "reused cached" if result.cached else "wrote"
-    click.echo(f"{what}: {state} artefact {result.path}  (key {result.key[:12]})")
-
-
-cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-                            help=f"Cache root (default: ${CACHE_ENV} or ./.pointparse-cache).")
-force_option = click.option("--force", is_flag=True, help="Recompute even when a cached artefact matches.")
-content_option = click.option("--content-hash", is_flag=True,
-                              help="Fingerprint dataset files by content instead of size+mtime.")
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+from .options import (cache_option, content_option, dataset_options, echo_result, force_option, friendly,
+                      quiet_option, spec_from_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -68,7 +37,7 @@ def main():
 @force_option
 @content_option
 @quiet_option
-@_friendly
+@friendly
 def make_points_cmd(kind, root, split, options, click_model, min_area, seed, sparse_labels, workers, cache_dir,
                     force, content_hash, quiet):
     """Simulate one click per instance and write the points artefact.
@@ -82,7 +51,7 @@ def make_points_cmd(kind, root, split, options, click_model, min_area, seed, spa
                            workers=workers)
     res = run_make_points(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), force=force,
                           content_hash=content_hash, progress=not quiet)
-    _report(res, "make-points")
+    echo_result(res, "make-points")
     s = res.manifest.get("summary", {})
     if s:
         n, p = s.get("num_images", 0), s.get("num_points", 0)
@@ -131,7 +100,7 @@ def _train_options(fn):
 @force_option
 @content_option
 @quiet_option
-@_friendly
+@friendly
 def train_cmd(kind, root, split, options, supervision, points_ref, backbone, output_stride, weights, projection_dim,
               pdml, alpha, beta, margin, pdml_weight, pdml_group_size, extension, threshold, region,
               extension_start_epoch, epochs, batch_size, lr, crop_size, seed, amp, device, workers, val_split, gpus,
@@ -155,7 +124,7 @@ def train_cmd(kind, root, split, options, supervision, points_ref, backbone, out
     res = run_train(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), points=points_ref,
                     val_split=val_split, eval_cfg=EvalConfig(device=device, amp=amp), gpus=gpus, force=force,
                     content_hash=content_hash, progress=not quiet)
-    _report(res, "train")
+    echo_result(res, "train")
     s = res.manifest.get("summary") or {}
     if s.get("miou") is not None:
         click.echo(f"  {val_split}: mIoU {100 * s['miou']:.2f}  pixel acc {100 * s['pixel_acc']:.2f}%")
@@ -172,7 +141,7 @@ def train_cmd(kind, root, split, options, supervision, points_ref, backbone, out
 @force_option
 @content_option
 @quiet_option
-@_friendly
+@friendly
 def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, device, cache_dir, force, content_hash,
                  quiet):
     """Evaluate CHECKPOINT (a train artefact folder, key, or model.pt) on a split with dense labels.
@@ -185,7 +154,7 @@ def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, devi
     res = run_evaluate(checkpoint, spec_from_options(kind, root, split, options),
                        EvalConfig(flip=flip, window=window, amp=amp, device=device), StageCache(cache_dir),
                        force=force, content_hash=content_hash, progress=not quiet)
-    _report(res, "evaluate")
+    echo_result(res, "evaluate")
     s = res.manifest.get("summary", {})
     click.echo(f"  mIoU {100 * s['miou']:.2f}  pixel acc {100 * s['pixel_acc']:.2f}%  ({res.path / 'metrics.json'})")
 
@@ -216,7 +185,7 @@ def cache_cmd(clear_stage, cache_dir):
 @cache_option
 @force_option
 @quiet_option
-@_friendly
+@friendly
 def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
     """Run a pipeline file (stages in dependency order, through the cache).
 
@@ -237,7 +206,21 @@ def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
         return
     results = run_pipeline(pipe, ctx, list(only) or None)
     click.echo(f"pipeline {pipe.name}: {len(results)} stage(s) in {time.perf_counter() - t0:.1f}s")
-    for res in results.values():
-        summary = getattr(res, "manifest", {}).get("print")
-        if summary:
-            click.echo(summary)
+    # what a person wants at the end: each Table 5 and each report's Table 3 with its index.html
+    from pointparse.report import format_summary
+
+    for name, res in results.items():
+        if res.stage == "ablate-extension":
+            click.echo(f"{name}: {res.path / 'extension_table.csv'}")
+            click.echo((res.path / "table.txt").read_text(encoding="utf-8").rstrip())
+        elif res.stage == "report":
+            click.echo(f"{name}:")
+            click.echo(format_summary(res))
+
+
+# The other commands live in their own modules; they import only from .options, so no cycle.
+from . import ablate, clicks, predict, report  # noqa: E402
+
+for _cmd in (ablate.ablate_extension_cmd, report.report_cmd, clicks.import_clicks_cmd, clicks.export_points_cmd,
+             predict.predict_cmd, predict.export_model_cmd):
+    main.add_command(_cmd)

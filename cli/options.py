@@ -1,11 +1,14 @@
-"""Shared Click options: which dataset split a command reads."""
+"""What every command shares: error handling, result lines, and the cache / dataset options."""
 
 from __future__ import annotations
+
+import functools
 
 import click
 import yaml
 
-from pointparse.errors import ConfigError
+from pointparse.cache import CACHE_ENV
+from pointparse.errors import ConfigError, PointParseError
 from pointparse.stages import DatasetSpec
 
 
@@ -40,3 +43,29 @@ def dataset_options(fn):
 
 def spec_from_options(kind: str, root: str, split: str, options) -> DatasetSpec:
     return DatasetSpec(kind=kind, root=root, split=split, options=parse_kv(options))
+
+
+def friendly(fn):
+    """Turn library errors into one clear message and a non-zero exit (no traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PointParseError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def echo_result(result, what: str) -> None:
+    state = "reused cached" if result.cached else "wrote"
+    click.echo(f"{what}: {state} artefact {result.path}  (key {result.key[:12]})")
+
+
+cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                            help=f"Cache root (default: ${CACHE_ENV} or ./.pointparse-cache).")
+force_option = click.option("--force", is_flag=True, help="Recompute even when a cached artefact matches.")
+content_option = click.option("--content-hash", is_flag=True,
+                              help="Fingerprint dataset files by content instead of size+mtime.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

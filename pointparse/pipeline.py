@@ -201,34 +201,48 @@ def _points_params():
     return MakePointsConfig
 
 
+def _run_ablate(stage, up, ctx):
+    from .ablation import AblationConfig, AblationTrainConfig, run_ablation
+
+    train = stage.spec.get("train")
+    tcfg = None
+    if train is not None:
+        tp = up.get("train_points")
+        tcfg = AblationTrainConfig(**{**train, "points": str(tp[0].path) if tp else train.get("points")})
+    ckpt = up.get("checkpoint")
+    res = run_ablation(ckpt[0].path if ckpt else None, _dataset_for(stage, ctx, default="val"), up["points"][0].path,
+                       AblationConfig(**stage.params), ctx.cache, train=tcfg, force=ctx.force, progress=ctx.progress)
+    return res.table
+
+
+def _run_report(stage, up, ctx):
+    from .report import ReportConfig, run_report
+    from .stages import DatasetSpec
+
+    runs = {label: str(results[0].path) for label, results in up["runs"].items()}
+    ext = up.get("extension")
+    dataset = _dataset_for(stage, ctx, default="val") if stage.spec.get("dataset") else None
+    cfg = ReportConfig(**stage.params)
+    return run_report(runs, ctx.cache, extension=ext[0].path if ext else None,
+                      qualitative_images=cfg.qualitative_images, dataset=dataset, device=cfg.device, force=ctx.force)
+
+
 def stage_kinds() -> dict[str, StageKind]:
     """The registry of pipeline stage kinds (built on call: no import-time work)."""
-    kinds = {
+    from .ablation import AblationConfig
+    from .report import ReportConfig
+
+    return {
         "make-points": StageKind(_points_params(), ("dataset", "split"), (), _run_make_points, _plan_make_points),
         "train": StageKind(_train_params(), ("dataset", "split", "points", "val_split", "eval", "gpus",
                                              "torchrun_args"), ("points",), _run_train, _plan_train),
         "evaluate": StageKind(_eval_params(), ("dataset", "split", "checkpoint"), ("checkpoint",), _run_evaluate),
+        # train: a mapping of AblationTrainConfig fields; its clicks come from the train_points stage
+        "ablate-extension": StageKind(AblationConfig, ("dataset", "split", "train"),
+                                      ("checkpoint", "points", "train_points"), _run_ablate),
+        # runs: {table row name: train or evaluate stage}; dataset/split: the qualitative grid's images
+        "report": StageKind(ReportConfig, ("dataset", "split"), ("runs", "extension"), _run_report),
     }
-    kinds.update(_optional_kinds())
-    return kinds
-
-
-def _optional_kinds() -> dict[str, StageKind]:
-    """ablate-extension and report stages (their modules register runners here)."""
-    out = {}
-    try:
-        from .ablation import pipeline_stage_kind as ablation_kind
-    except ImportError:
-        ablation_kind = None
-    try:
-        from .report import pipeline_stage_kind as report_kind
-    except ImportError:
-        report_kind = None
-    if ablation_kind is not None:
-        out["ablate-extension"] = ablation_kind(StageKind, _dataset_for)
-    if report_kind is not None:
-        out["report"] = report_kind(StageKind, _dataset_for)
-    return out
 
 
 COMMON_FIELDS = ("kind", "params", "matrix", "after")
@@ -330,9 +344,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             if f not in COMMON_FIELDS + sk.fields + sk.refs:
                 err(_line(s, f), f"stage {name!r}: unknown field {f!r} for kind {kind!r}; valid: "
                                  f"{', '.join(sorted(set(COMMON_FIELDS + sk.fields + sk.refs)))}")
-        if "dataset" in sk.fields and kind != "report":
+        if "dataset" in sk.fields:
             ds = s.get("dataset")
-            if ds is None and kind != "report":
+            if ds is None and kind != "report":  # a report's dataset (qualitative grid) is optional
                 err(line, f"stage {name!r}: needs 'dataset' (one of: {', '.join(datasets) or 'none defined'})")
             elif ds is not None and ds not in datasets:
                 err(_line(s, "dataset"), f"stage {name!r}: unknown dataset {ds!r}; defined: {', '.join(datasets) or 'none'}")
@@ -428,7 +442,12 @@ def _upstream(stage: Stage, values: dict[str, Any], kinds: dict[str, StageKind])
         if v is None:
             continue
         if isinstance(v, dict):
-            out[r] = {label: [values[n] for n in _expand(t, values)] for label, t in v.items()}
+            # a matrix stage named under one label gives one entry per expansion: label[k=v,...]
+            out[r] = {}
+            for label, t in v.items():
+                names = _expand(t, values)
+                for n in names:
+                    out[r][label if len(names) == 1 else label + n[len(t):]] = [values[n]]
         else:
             targets = v if isinstance(v, list) else [v]
             out[r] = [values[n] for t in targets for n in _expand(t, values)]
