@@ -79,9 +79,9 @@ def main() -> None:
     results: dict[str, list[dict]] = {r: [] for r in rows}
     for seed in args.seeds:
         for name, kw in rows.items():
-            cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop, lr=args.lr,
-                              seed=seed, workers=1, extension_start_epoch=args.extension_start_epoch,
-                              **kw)
+            cfg = TrainConfig(**{"epochs": args.epochs, "batch_size": args.batch_size, "crop_size": args.crop,
+                                 "lr": args.lr, "seed": seed, "workers": 1,
+                                 "extension_start_epoch": args.extension_start_epoch, **kw})
             t0 = time.perf_counter()
             res = run_train(spec, cfg, cache, points=points.path if cfg.supervision == "points" else None,
                             val_split=args.val_split, eval_cfg=EvalConfig(workers=1), progress=False)

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import IGNORE_INDEX
-from .cache import StageCache, StageResult, fingerprint_files
+from .cache import StageCache, StageResult, fingerprint_files, stage_key
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
@@ -919,9 +919,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
     # --- rows ------------------------------------------------------------------------------------
     row_results: list[StageResult] = []
     for row in rows:
-        inputs = {"dataset": fp, "points": points_key}
-        if get_method(row.method).needs_network(cfg.kmeans_features):
-            inputs["checkpoint"] = ckpt_fp
+        inputs = _row_inputs(row, cfg, fp, points_key, ckpt_fp)
 
         def build(tmp: Path, row=row) -> dict:
             doc = build_row(view, ps, row, cfg, network, tmp, progress)
@@ -967,9 +965,8 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
             trained[j] = (tres, eres)
 
     # --- the table -------------------------------------------------------------------------------
-    params = {"rows": [dataclasses.asdict(r) for r in rows], "train": train is not None}
-    inputs = {"rows": [r.key for r in row_results],
-              "trained": [None if tr is None else [tr[0].key, tr[1].key] for tr in trained]}
+    params, inputs = _table_key_parts(rows, [r.key for r in row_results],
+                                      [None if tr is None else [tr[0].key, tr[1].key] for tr in trained])
 
     def build_table(tmp: Path) -> dict:
         frame, per_class = assemble_table(rows, row_results, trained)
@@ -987,6 +984,33 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
     table = cache.run("ablate-extension", STAGE_VERSIONS["ablate-extension"], params, inputs, build_table, force=force)
     frame = pd.read_csv(table.path / "extension_table.csv")
     return AblationResult(table, row_results, frame, trained)
+
+
+def _row_inputs(row: AblationRow, cfg: AblationConfig, dataset_fp: Any, points_key: str, ckpt_fp: str | None) -> dict:
+    inputs = {"dataset": dataset_fp, "points": points_key}
+    if get_method(row.method).needs_network(cfg.kmeans_features):
+        inputs["checkpoint"] = ckpt_fp
+    return inputs
+
+
+def _table_key_parts(rows: list[AblationRow], row_keys: list[str], trained_keys: list) -> tuple[dict, dict]:
+    params = {"rows": [dataclasses.asdict(r) for r in rows], "train": any(t is not None for t in trained_keys)}
+    return params, {"rows": row_keys, "trained": trained_keys}
+
+
+def plan_ablation(spec, dataset: SegmentationDataset, points_key: str, checkpoint: Path | None, cfg: AblationConfig,
+                  content_hash: bool = False) -> str:
+    """The key :func:`run_ablation` (without ``train``) gives its table artefact, computed without
+    running anything (``pointparse run --dry-run``). ``checkpoint``: the model.pt file or None."""
+    from .stages import dataset_fingerprint
+
+    fp = dataset_fingerprint(spec, dataset, content_hash)
+    ckpt_fp = fingerprint_files([checkpoint], content=True) if checkpoint is not None else None
+    rows = cfg.rows()
+    row_keys = [stage_key("extension-row", STAGE_VERSIONS["extension-row"], _row_params(r, cfg),
+                          _row_inputs(r, cfg, fp, points_key, ckpt_fp)) for r in rows]
+    params, inputs = _table_key_parts(rows, row_keys, [None] * len(rows))
+    return stage_key("ablate-extension", STAGE_VERSIONS["ablate-extension"], params, inputs)
 
 
 def assemble_table(rows: list[AblationRow], row_results: list[StageResult], trained: list) -> tuple[Any, Any]:

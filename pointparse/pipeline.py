@@ -183,6 +183,19 @@ def _run_evaluate(stage, up, ctx):
                         EvalConfig(**stage.params), ctx.cache, force=ctx.force, progress=ctx.progress)
 
 
+def _plan_evaluate(stage, up, ctx):
+    from .evaluate import EvalConfig
+    from .stages import STAGE_VERSIONS, open_spec, plan_evaluate
+
+    train_dir = _cached_path(ctx, "train", up["checkpoint"][0])
+    if train_dir is None:
+        return None
+    spec = _dataset_for(stage, ctx, default="val")
+    params, inputs = plan_evaluate(spec, open_spec(spec, ctx.cache, progress=False), train_dir / "model.pt",
+                                   EvalConfig(**stage.params))
+    return stage_key("evaluate", STAGE_VERSIONS["evaluate"], params, inputs)
+
+
 def _eval_params():
     from .evaluate import EvalConfig
 
@@ -227,6 +240,48 @@ def _run_report(stage, up, ctx):
                       qualitative_images=cfg.qualitative_images, dataset=dataset, device=cfg.device, force=ctx.force)
 
 
+def _cached_path(ctx: RunContext, stage: str, key: str | None) -> Path | None:
+    return ctx.cache.lookup(stage, key) if key is not None else None
+
+
+def _plan_ablate(stage, up, ctx):
+    from .ablation import AblationConfig, plan_ablation
+    from .stages import open_spec
+
+    if stage.spec.get("train") is not None:
+        return None  # the table's key depends on the trained models' keys: known once they exist
+    checkpoint = None
+    if up.get("checkpoint"):
+        train_dir = _cached_path(ctx, "train", up["checkpoint"][0])
+        if train_dir is None:
+            return None
+        checkpoint = train_dir / "model.pt"
+    points_key = up["points"][0]
+    if points_key is None:
+        return None
+    spec = _dataset_for(stage, ctx, default="val")
+    return plan_ablation(spec, open_spec(spec, ctx.cache, progress=False), points_key, checkpoint,
+                         AblationConfig(**stage.params))
+
+
+def _plan_report(stage, up, ctx):
+    from .report import ReportConfig, plan_report
+
+    runs = {}
+    for label, keys in up["runs"].items():
+        path = _cached_path(ctx, "train", keys[0]) or _cached_path(ctx, "evaluate", keys[0])
+        if path is None:
+            return None
+        runs[label] = str(path)
+    ext = None
+    if up.get("extension"):
+        ext = _cached_path(ctx, "ablate-extension", up["extension"][0])
+        if ext is None:
+            return None
+    dataset = _dataset_for(stage, ctx, default="val") if stage.spec.get("dataset") else None
+    return plan_report(runs, ctx.cache, ext, ReportConfig(**stage.params).qualitative_images, dataset)
+
+
 def stage_kinds() -> dict[str, StageKind]:
     """The registry of pipeline stage kinds (built on call: no import-time work)."""
     from .ablation import AblationConfig
@@ -236,12 +291,13 @@ def stage_kinds() -> dict[str, StageKind]:
         "make-points": StageKind(_points_params(), ("dataset", "split"), (), _run_make_points, _plan_make_points),
         "train": StageKind(_train_params(), ("dataset", "split", "points", "val_split", "eval", "gpus",
                                              "torchrun_args"), ("points",), _run_train, _plan_train),
-        "evaluate": StageKind(_eval_params(), ("dataset", "split", "checkpoint"), ("checkpoint",), _run_evaluate),
+        "evaluate": StageKind(_eval_params(), ("dataset", "split", "checkpoint"), ("checkpoint",), _run_evaluate,
+                             _plan_evaluate),
         # train: a mapping of AblationTrainConfig fields; its clicks come from the train_points stage
         "ablate-extension": StageKind(AblationConfig, ("dataset", "split", "train"),
-                                      ("checkpoint", "points", "train_points"), _run_ablate),
+                                      ("checkpoint", "points", "train_points"), _run_ablate, _plan_ablate),
         # runs: {table row name: train or evaluate stage}; dataset/split: the qualitative grid's images
-        "report": StageKind(ReportConfig, ("dataset", "split"), ("runs", "extension"), _run_report),
+        "report": StageKind(ReportConfig, ("dataset", "split"), ("runs", "extension"), _run_report, _plan_report),
     }
 
 

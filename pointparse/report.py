@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from .cache import MANIFEST, StageCache, StageResult, fingerprint_files
+from .cache import MANIFEST, StageCache, StageResult, fingerprint_files, stage_key
 from .errors import ConfigError, DataError
 from .io import atomic_dir, atomic_file, read_json, write_json
 from .metrics import SegMetrics
@@ -854,10 +854,8 @@ def build_report(runs: Mapping[str, str | Path], out_dir: str | Path, extension:
     return Path(out_dir)
 
 
-def run_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None = None,
-               qualitative_images: int = 4, dataset=None, device: str = "auto", force: bool = False) -> StageResult:
-    """The cached ``report`` stage, keyed by the runs' names and artefact keys, the extension table and
-    the options (``device`` only changes speed, so it is not part of the key)."""
+def _report_key_parts(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None,
+                      qualitative_images: int, dataset) -> tuple[list[RunData], Path | None, dict, dict]:
     if qualitative_images < 0:
         raise ConfigError(f"qualitative_images must be >= 0, got {qualitative_images}")
     loaded = load_runs(runs, cache)
@@ -873,6 +871,21 @@ def run_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str
         inputs["dataset"] = dataset_fingerprint(dataset, open_spec(dataset, cache, progress=False))
     params = {"qualitative_images": qualitative_images,
               "dataset": dataclasses.asdict(dataset) if dataset is not None else None}
+    return loaded, ext, params, inputs
+
+
+def plan_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None = None,
+                qualitative_images: int = 4, dataset=None) -> str:
+    """The key :func:`run_report` gives these inputs, without writing anything (``--dry-run``)."""
+    _, _, params, inputs = _report_key_parts(runs, cache, extension, qualitative_images, dataset)
+    return stage_key(REPORT_STAGE, REPORT_VERSION, params, inputs)
+
+
+def run_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None = None,
+               qualitative_images: int = 4, dataset=None, device: str = "auto", force: bool = False) -> StageResult:
+    """The cached ``report`` stage, keyed by the runs' names and artefact keys, the extension table and
+    the options (``device`` only changes speed, so it is not part of the key)."""
+    loaded, ext, params, inputs = _report_key_parts(runs, cache, extension, qualitative_images, dataset)
 
     def build(tmp: Path) -> dict:
         info = write_report(loaded, tmp, ext, qualitative_images, dataset, cache, device)

@@ -121,3 +121,45 @@ def test_shipped_pipelines_validate(name):
     overrides = ["datasets.data.root=/nonexistent"] if name != "quickstart" else []
     pipe = load_pipeline(path, overrides)
     assert pipe.order
+
+
+FULL = TINY + """
+  val_points: {kind: make-points, dataset: scenes, split: val, params: {workers: 0}}
+  full:
+    kind: train
+    dataset: scenes
+    val_split: val
+    eval: {workers: 0}
+    params: {supervision: full, pdml: false}
+  again: {kind: evaluate, dataset: scenes, split: val, checkpoint: pdml, params: {workers: 0}}
+  table:
+    kind: ablate-extension
+    dataset: scenes
+    split: val
+    checkpoint: pdml
+    points: val_points
+    params: {methods: [region, score+region], thresholds: [0.7], examples: 0, workers: 0}
+  report:
+    kind: report
+    runs: {FullSup: full, PDML: pdml}
+    extension: table
+    params: {qualitative_images: 1}
+"""
+
+
+def test_every_stage_kind_runs_and_the_dry_run_knows_every_key(tmp_path):
+    p = _write(tmp_path, FULL)
+    r = CliRunner().invoke(main, ["run", str(p), "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert r.exit_code == 0, r.output
+    # the end of a run shows Table 5, Table 3 and where the report is
+    assert "score+region" in r.output and "extension_acc" in r.output
+    assert "FullSup" in r.output and "mIoU" in r.output and "index.html" in r.output
+    report = Path(r.output.split("open ", 1)[1].split()[0])
+    assert report.is_file() and (report.parent / "summary.csv").is_file()
+    dry = CliRunner().invoke(main, ["run", str(p), "--dry-run", "--cache-dir", str(tmp_path / "c")])
+    assert dry.exit_code == 0, dry.output
+    lines = [ln.split() for ln in dry.output.strip().splitlines()]
+    assert {ln[0]: ln[1] for ln in lines} == {n: "cached" for n in
+                                               ("points", "pdml", "plain", "val_points", "full", "again", "table",
+                                                "report")}
+    assert report.parent.name.startswith(next(ln[2] for ln in lines if ln[0] == "report"))
