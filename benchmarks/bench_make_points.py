@@ -16,6 +16,7 @@ The machine's load average is printed: on a shared machine the parallel row is o
 meaningful when two cores are actually free.
 
     python benchmarks/bench_make_points.py [--images 64] [--size 512] [--repeat 3] [--instances]
+    python benchmarks/bench_make_points.py --root ../shared/data/labelmefacade --split train   # real masks
 """
 
 from __future__ import annotations
@@ -55,18 +56,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per measurement; the fastest counts")
     ap.add_argument("--click", default="center")
     ap.add_argument("--instances", action="store_true", help="keep instance maps (default: masks only)")
+    ap.add_argument("--root", default=None, help="a real folder dataset instead of generated scenes")
+    ap.add_argument("--split", default="train", help="its split (with --root)")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-make-points-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
-        root = generate_scenes(tmp / "scenes", SyntheticConfig(
-            seed=0, size=args.size, splits={"bench": args.images}, instances=tuple(args.things),
-            image_format="jpg"))
-        if not args.instances:
-            shutil.rmtree(root / "instances")
+        if args.root:
+            ds = FolderDataset(Path(args.root), args.split)
+        else:
+            root = generate_scenes(tmp / "scenes", SyntheticConfig(
+                seed=0, size=args.size, splits={"bench": args.images}, instances=tuple(args.things),
+                image_format="jpg"))
+            if not args.instances:
+                shutil.rmtree(root / "instances")
+            ds = FolderDataset(root, "bench")
         gen_s = time.perf_counter() - t0
-        ds = FolderDataset(root, "bench")
         n = len(ds)
         masks = [ds.mask_path(i) for i in range(n)]
 
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     stats = outs[1][1]
     load1, load5, _ = os.getloadavg()
-    print(f"{n} images {args.size}x{args.size}, {stats['points_per_image']['mean']:.1f} points/image "
+    what = f"{args.root} ({args.split})" if args.root else f"synthetic {args.size}x{args.size}"
+    print(f"{n} images {what}, {stats['points_per_image']['mean']:.1f} points/image "
           f"({'instance maps + stuff components' if args.instances else 'connected components of masks'}), "
           f"click={args.click}; generated in {gen_s:.1f} s; best of {args.repeat}; "
           f"{os.cpu_count()} CPUs, load average {load1:.1f}/{load5:.1f}")

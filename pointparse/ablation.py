@@ -45,7 +45,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import math
 import multiprocessing
 import shutil
 import time
@@ -62,7 +61,7 @@ from tqdm import tqdm
 
 from . import IGNORE_INDEX
 from .cache import StageCache, StageResult, fingerprint_files, stage_key
-from .datasets import DatasetInfo, SegmentationDataset
+from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
 from .io import atomic_dir, atomic_file, read_json, write_image, write_json, write_label_png

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import pandas as pd
 import yaml
 from tqdm import tqdm
 
@@ -62,7 +61,7 @@ from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import DataError, unknown_choice
 from .io import atomic_dir, atomic_file, read_json, read_label, write_json, write_label_png
-from .points import POINTS_CSV, POINTS_JSON, STATS_JSON, PointSet, _relative_image_path, load_points, points_stats
+from .points import PointSet, load_points, write_points_artefact
 
 IMPORT_STAGE = "import-clicks"
 #: bumped whenever the import-clicks output would change for the same inputs
@@ -745,45 +744,7 @@ def import_clicks(path: str | Path, fmt: str, dataset: SegmentationDataset,
         "format": fmt,
         "class_map": class_map or None,
     }
-    return write_points_artefact(out_dir, dataset, images, meta)
-
-
-def write_points_artefact(out_dir: Path, dataset: SegmentationDataset, images: list[_ImageClicks],
-                          meta: dict) -> dict:
-    """Write ``points.json``/``points.csv``/``stats.json`` in make-points' layout for human clicks."""
-    info = dataset.info
-    coco_images, annotations = [], []
-    for i, p in enumerate(images):
-        coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i),
-                            "height": p.height, "width": p.width})
-        for (x, y), c in zip(p.xy.tolist(), p.classes.tolist()):
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c),
-                                "point_coords": [[x, y]], "point_labels": [1], "bbox": [x, y, 1, 1],
-                                "iscrowd": 0, "source": SOURCE})
-    doc = {
-        "info": {**info.to_dict(), **meta, "category_ids": "0-based contiguous class indices",
-                 "coordinates": "integer pixel indices [x, y], x first"},
-        "images": coco_images,
-        "categories": [{"id": c, "name": n} for c, n in enumerate(info.classes)],
-        "annotations": annotations,
-    }
-    write_json(out_dir / POINTS_JSON, doc)
-    xy = np.concatenate([p.xy for p in images]) if images else np.zeros((0, 2), np.int64)
-    cls = np.concatenate([p.classes for p in images]) if images else np.zeros(0, np.int64)
-    frame = pd.DataFrame({
-        "image": np.repeat([p.name for p in images], [len(p.classes) for p in images]).astype(object),
-        "x": xy[:, 0],
-        "y": xy[:, 1],
-        "class_id": cls,
-        "class_name": np.asarray(info.classes, dtype=object)[cls] if len(cls) else np.zeros(0, object),
-        "instance_area": pd.array([None] * len(cls), dtype="Int64"),  # a click has no known instance
-        "source": SOURCE,
-    })
-    with atomic_file(out_dir / POINTS_CSV) as tmp:
-        frame.to_csv(tmp, index=False, lineterminator="\n")
-    stats = points_stats(images, info)  # duck-typed: needs name, classes, labelled_pixels
-    write_json(out_dir / STATS_JSON, stats)
-    return stats
+    return write_points_artefact(out_dir, dataset, images, meta, source=SOURCE)
 
 
 def click_file_fingerprint(path: str | Path) -> str:

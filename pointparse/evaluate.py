@@ -8,7 +8,6 @@ truth get NaN IoU and are left out of the mean.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .datasets import DatasetInfo, SegmentationDataset
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .io import atomic_file, write_json
 from .metrics import ConfusionMatrix, SegMetrics
 from .model import upsample_logits

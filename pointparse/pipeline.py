@@ -27,7 +27,6 @@ stage is reused and a changed parameter reruns that stage and what depends on it
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 from dataclasses import dataclass, field
@@ -230,7 +229,6 @@ def _run_ablate(stage, up, ctx):
 
 def _run_report(stage, up, ctx):
     from .report import ReportConfig, run_report
-    from .stages import DatasetSpec
 
     runs = {label: str(results[0].path) for label, results in up["runs"].items()}
     ext = up.get("extension")

@@ -478,37 +478,38 @@ def make_points(dataset: SegmentationDataset, config: MakePointsConfig | None, o
     if sparse_dir is not None:
         sparse_dir.mkdir(exist_ok=True)
     images = _collect(dataset, config, sparse_dir, progress)
-    info = dataset.info
+    meta = {"split": getattr(dataset, "split", None), "click": config.click, "seed": config.seed,
+            "min_area": config.min_area, "source": "simulated"}
+    return write_points_artefact(out_dir, dataset, images, meta, source="simulated")
 
-    coco_images, annotations, rows = [], [], []
+
+def write_points_artefact(out_dir: Path, dataset: SegmentationDataset, images: list, meta: dict,
+                          source: str) -> dict:
+    """Write ``points.json``, ``points.csv`` and ``stats.json`` for the clicks of ``images``.
+
+    One record per image of ``dataset`` (same order) with ``name``, ``height``, ``width``, ``xy``
+    int [K, 2] (x, y), ``classes`` int [K] and ``labelled_pixels``; simulated clicks also carry
+    ``areas`` [K] and ``boxes`` [K, 4] (x, y, w, h) of their instances, human clicks have neither
+    (their ``bbox`` is the clicked pixel and ``instance_area`` is left out / NA). ``meta`` joins
+    the dataset description under ``info``. Returns the stats dict.
+    """
+    info = dataset.info
+    coco_images, annotations = [], []
     for i, p in enumerate(images):
         coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i),
                             "height": p.height, "width": p.width})
-        for k in range(len(p.classes)):
-            x, y = int(p.xy[k, 0]), int(p.xy[k, 1])
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": i + 1,
-                "category_id": int(p.classes[k]),
-                "point_coords": [[x, y]],
-                "point_labels": [1],
-                "instance_area": int(p.areas[k]),
-                "bbox": [int(v) for v in p.boxes[k]],
-                "iscrowd": 0,
-                "source": "simulated",
-            })
-    meta = {
-        **info.to_dict(),
-        "split": getattr(dataset, "split", None),
-        "click": config.click,
-        "seed": config.seed,
-        "min_area": config.min_area,
-        "source": "simulated",
-        "category_ids": "0-based contiguous class indices",
-        "coordinates": "integer pixel indices [x, y], x first",
-    }
+        areas, boxes = getattr(p, "areas", None), getattr(p, "boxes", None)
+        for k, ((x, y), c) in enumerate(zip(p.xy.tolist(), p.classes.tolist())):
+            ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c), "point_coords": [[x, y]],
+                   "point_labels": [1]}
+            if areas is not None:
+                ann["instance_area"] = int(areas[k])
+            ann.update(bbox=[int(v) for v in boxes[k]] if boxes is not None else [x, y, 1, 1], iscrowd=0,
+                       source=source)
+            annotations.append(ann)
     doc = {
-        "info": meta,
+        "info": {**info.to_dict(), **meta, "category_ids": "0-based contiguous class indices",
+                 "coordinates": "integer pixel indices [x, y], x first"},
         "images": coco_images,
         "categories": [{"id": c, "name": name} for c, name in enumerate(info.classes)],
         "annotations": annotations,
@@ -517,22 +518,23 @@ def make_points(dataset: SegmentationDataset, config: MakePointsConfig | None, o
 
     xy = np.concatenate([p.xy for p in images]) if images else np.zeros((0, 2), np.int64)
     classes = np.concatenate([p.classes for p in images]) if images else np.zeros(0, np.int64)
+    simulated = bool(images) and getattr(images[0], "areas", None) is not None
     frame = pd.DataFrame({
         "image": np.repeat([p.name for p in images], [len(p.classes) for p in images]).astype(object),
         "x": xy[:, 0],
         "y": xy[:, 1],
         "class_id": classes,
         "class_name": np.asarray(info.classes, dtype=object)[classes] if len(classes) else np.zeros(0, object),
-        "instance_area": np.concatenate([p.areas for p in images]) if images else np.zeros(0, np.int64),
-        "source": "simulated",
+        # a human click has no known instance
+        "instance_area": (np.concatenate([p.areas for p in images]) if simulated
+                          else pd.array([None] * len(classes), dtype="Int64")),
+        "source": source,
     })
     with atomic_file(out_dir / POINTS_CSV) as tmp:
         frame.to_csv(tmp, index=False, lineterminator="\n")
-
     stats = points_stats(images, info)
     write_json(out_dir / STATS_JSON, stats)
     return stats
-
 
 def points_stats(images: list[_ImagePoints], info: DatasetInfo) -> dict:
     """Summary numbers of a points artefact.

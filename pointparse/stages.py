@@ -10,8 +10,6 @@ Stage versions are bumped whenever a stage's output would change for the same in
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -76,7 +74,6 @@ def open_spec(spec: DatasetSpec, cache: StageCache, progress: bool = True) -> Se
 def scenes_key(options: dict) -> str:
     """The cache key of the synthetic scenes an options dict describes (no generation needed)."""
     from .cache import stage_key
-    from .synthetic import SyntheticConfig
 
     return stage_key("scenes", STAGE_VERSIONS["scenes"], _synthetic_config(options), {})
 
