@@ -148,7 +148,8 @@ def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int =
 
     ``hists[run]`` = ``{"first": (epoch, pos [N], neg [M]), "last": (epoch, pos, neg), "label": str}``.
     Both epochs of a run share the bins (0.5–99.5th percentile of all its distances), so a peak
-    shift reads directly.
+    shift reads directly, except when the last epoch's distances collapsed to under a quarter of
+    that range (PDML shrinking every embedding): that panel gets its own, zoomed axis and says so.
     """
     runs = list(hists)
     fig = Figure(figsize=(12, 3.3 * len(runs) + 0.9), layout="constrained")
@@ -163,20 +164,29 @@ def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int =
         lo, hi = 0.0, (float(np.percentile(allv, 99.5)) if allv.size else 1.0)
         if hi <= lo:
             hi = lo + 1.0
-        edges = np.linspace(lo, hi, bins + 1)
+        shared = np.linspace(lo, hi, bins + 1)
         for c, which in enumerate(("first", "last")):
             ax = axes[r, c]
             epoch, pos, neg = h[which]
+            edges, zoomed = shared, False
+            own = np.concatenate([np.asarray(v, float).ravel() for v in (pos, neg)])
+            own = own[np.isfinite(own)]
+            if which == "last" and own.size and float(np.percentile(own, 99.5)) < 0.25 * hi:
+                # the distances collapsed: on the shared axis they would be one bar at 0
+                edges, zoomed = np.linspace(0.0, max(float(np.percentile(own, 99.5)), 1e-6), bins + 1), True
+            top = edges[-1]
             for vals, colour, name in ((pos, pos_c, "positive pairs"), (neg, neg_c, "negative pairs")):
                 vals = np.asarray(vals, float).ravel()
-                beyond = int((vals > hi).sum())
-                note = f", {beyond} > {hi:.3g} not shown" if beyond else ""
+                beyond = int((vals > top).sum())
+                note = f", {beyond} > {top:.3g} not shown" if beyond else ""
                 ax.hist(vals, bins=edges, color=colour, alpha=0.45, label=f"{name} (n={vals.size}{note})")
                 ax.hist(vals, bins=edges, color=colour, histtype="step", lw=1.5)
                 if vals.size:
                     ax.axvline(np.median(vals), color=colour, ls=":", lw=1.5)
-            ax.set_title(f"{run} ({h['label']}): {which} epoch ({epoch + 1})", fontsize=11)
-            ax.set_xlim(lo, hi)
+            zoom = " — zoomed x axis" if zoomed else ""
+            ax.set_title(f"{run} ({h['label']}): {which} epoch ({epoch + 1}){zoom}", fontsize=11,
+                         color="#b22222" if zoomed else "black")
+            ax.set_xlim(edges[0], edges[-1])
             ax.set_ylim(0, ax.get_ylim()[1] * 1.3)  # headroom so the legend does not cover the bars
             ax.set_xlabel("pair distance", fontsize=10)
             ax.set_ylabel("number of pairs", fontsize=10)
@@ -278,6 +288,7 @@ def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[st
               ("miou", "validation mIoU (%)")]
     per_epoch_miou = False
     max_epoch = 1
+    stars: list[tuple[float, float, tuple]] = []  # final mIoU (y, x, colour), labelled below
     for run, rows in epochs.items():
         c = colors[run]
         ep = _column(rows, "epoch") + 1
@@ -292,8 +303,7 @@ def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[st
                 elif final_miou.get(run) is not None and len(ep) and not math.isnan(final_miou[run]):
                     x, y = np.nanmax(ep), _pct(final_miou[run])
                     ax.plot([x], [y], "*", color=c, ms=16, mec="black", mew=0.6)
-                    ax.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(-12, 0), ha="right",
-                                va="center", fontsize=10, color=c)
+                    stars.append((y, x, c))
                 continue
             vals = _column(rows, key)
             if key == "pdml" and not np.nansum(np.abs(vals)) > 0:
@@ -322,6 +332,13 @@ def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[st
                      fontsize=11, color="0.4")
     top = max([y for line in axes[3].lines for y in np.asarray(line.get_ydata(), float) if np.isfinite(y)] or [10.0])
     axes[3].set_ylim(0, top * 1.15)
+    # label the stars without overlaps: close values are pushed apart vertically, with a leader line
+    gap, last_y = 0.06 * top * 1.15, -math.inf
+    for y, x, c in sorted(stars):
+        ty = max(y, last_y + gap)
+        axes[3].annotate(f"{y:.1f}", (x, y), xytext=(x - 0.35, ty), ha="right", va="center", fontsize=10, color=c,
+                         arrowprops={"arrowstyle": "-", "color": c, "lw": 0.8} if ty != y else None)
+        last_y = ty
     if not per_epoch_miou:
         axes[3].set_title("validation mIoU (%) of the final model (★)", fontsize=12)
     handles = [Line2D([], [], color=colors[r], lw=2.5, label=r) for r in epochs]
