@@ -39,7 +39,12 @@ def main() -> None:
         model.to(dev).eval()
         cfg = EvalConfig(workers=args.workers, device=args.device)
         samples = EvalSamples(ds, IMAGENET_MEAN, IMAGENET_STD)
-        preloaded = [samples[i]["image"][None].to(dev) for i in range(len(samples))]
+        # the tensors evaluate_model's loader hands the model: contiguous NCHW batches, made channels-last
+        # exactly as evaluate_model does (a permuted HWC view would silently be a faster NHWC input)
+        model.to(memory_format=torch.channels_last)
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        preloaded = [samples[i]["image"][None].contiguous().to(dev).contiguous(memory_format=fmt)
+                     for i in range(len(samples))]
 
         def bare():
             with torch.no_grad():

@@ -271,8 +271,10 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
         raise DataError(checkpoint, f"the checkpoint predicts {info.num_classes} classes ({info.protocol}) "
                                     f"but {spec.kind} split {spec.split!r} has {ds.info.num_classes} ({ds.info.protocol})")
     model.to(rt.device)
-    if eval_cfg.channels_last and rt.device.type == "cuda":
-        model = model.to(memory_format=__import__("torch").channels_last)
+    if eval_cfg.channels_last:  # see evaluate_model
+        import torch
+
+        model = model.to(memory_format=torch.channels_last)
     norm = ckpt["normalization"]
     metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, norm["mean"], norm["std"],
                                  rt.rank, rt.world_size, progress)
