@@ -12,7 +12,7 @@ Output folder (:func:`build_report` writes it atomically; :func:`run_report` cac
   pixels per image and their ratio to full supervision;
 * ``per_class_iou.csv`` (Table 6): rows = runs, columns = class names then ``mIoU``; empty (NaN)
   where a class is absent from both ground truth and prediction;
-* ``hyperparameters.csv`` (Table 4) when the PDML runs differ in α, β or m;
+* ``hyperparameters.csv`` (Table 4) when the PDML runs differ in α, β, m or the PDML weight;
 * ``extension.csv`` (Table 5) when an ablate-extension artefact is given;
 * PNG figures (see :mod:`pointparse.plots`), ``index.md`` and a self-contained ``index.html``
   (tables as HTML, figures as base64 data URIs), and ``report.json`` (what went in, what was
@@ -108,7 +108,9 @@ class RunData:
 
     def hyper_label(self) -> str:
         t = self.train
-        return f"α={_g(t.get('alpha'))}, β={_g(t.get('beta'))}, m={_g(t.get('margin'))}"
+        label = f"α={_g(t.get('alpha'))}, β={_g(t.get('beta'))}, m={_g(t.get('margin'))}"
+        w = t.get("pdml_weight", 1.0)
+        return label if w in (None, 1, 1.0) else f"{label}, weight {_g(w)}"  # the paper's weight is 1
 
 
 def _g(v) -> str:
@@ -306,7 +308,8 @@ def default_run_name(train: Mapping[str, Any]) -> str:
     name = "pointsup"
     if train.get("pdml"):
         name += "+pdml"
-        tweaks = [f"{k}={_g(train.get(k))}" for k, d in (("alpha", 0.8), ("beta", 1.0), ("margin", 20.0))
+        tweaks = [f"{k}={_g(train.get(k))}" for k, d in (("alpha", 0.8), ("beta", 1.0), ("margin", 20.0),
+                                                             ("pdml_weight", 1.0))
                   if train.get(k) is not None and float(train[k]) != d]
         if tweaks:
             name += "(" + ",".join(tweaks) + ")"
@@ -415,17 +418,25 @@ def per_class_table(runs: list[RunData]):
 
 
 def hyperparameter_table(runs: list[RunData]):
-    """Table 4 over the PDML runs, or ``None`` when they all share α, β and m."""
+    """Table 4 over the PDML runs, or ``None`` when they all share α, β, m and the PDML weight (the
+    weight column, which the paper does not vary, appears only when the runs differ in it)."""
     import pandas as pd
 
     pdml = [r for r in runs if r.pdml]
-    settings = {(r.train.get("alpha"), r.train.get("beta"), r.train.get("margin")) for r in pdml}
+    keys = ("alpha", "beta", "margin", "pdml_weight")
+    settings = {tuple(r.train.get(k, 1.0 if k == "pdml_weight" else None) for k in keys) for r in pdml}
     if len(settings) < 2:
         return None
-    rows = [{"run": r.name, "alpha": r.train.get("alpha"), "beta": r.train.get("beta"), "margin": r.train.get("margin"),
-             "miou": r.miou, "pixel_acc": r.pixel_acc,
-             "dis_pos_last": _last(r.epochs, "dis_pos"), "dis_neg_last": _last(r.epochs, "dis_neg")} for r in pdml]
-    return pd.DataFrame(rows).sort_values(["beta", "alpha", "margin"], kind="stable").reset_index(drop=True)
+    weights = {s[3] for s in settings}
+    rows = []
+    for r in pdml:
+        row = {"run": r.name, "alpha": r.train.get("alpha"), "beta": r.train.get("beta"), "margin": r.train.get("margin")}
+        if len(weights) > 1:
+            row["pdml_weight"] = r.train.get("pdml_weight", 1.0)
+        rows.append({**row, "miou": r.miou, "pixel_acc": r.pixel_acc,
+                     "dis_pos_last": _last(r.epochs, "dis_pos"), "dis_neg_last": _last(r.epochs, "dis_neg")})
+    order = ["beta", "alpha", "margin"] + (["pdml_weight"] if len(weights) > 1 else [])
+    return pd.DataFrame(rows).sort_values(order, kind="stable").reset_index(drop=True)
 
 
 def _last(rows: list[dict], key: str) -> float:
@@ -689,10 +700,13 @@ def _display_tables(summary, per_class, hyper, ext) -> list[tuple[str, str, list
                 "per_class_iou.csv has one row per run.", header, rows))
 
     if hyper is not None:
-        header = ["Run", "α", "β", "m", "mIoU", "Pixel acc", "last dis(+)", "last dis(−)"]
-        rows = [[h["run"], _fmt_num(h["alpha"], "g"), _fmt_num(h["beta"], "g"), _fmt_num(h["margin"], "g"),
-                 _fmt_pct(h["miou"]), _fmt_pct(h["pixel_acc"], sign="%"), _fmt_num(h["dis_pos_last"]),
-                 _fmt_num(h["dis_neg_last"])] for _, h in hyper.iterrows()]
+        weight = "pdml_weight" in hyper.columns
+        header = ["Run", "α", "β", "m"] + (["PDML weight"] if weight else []) + \
+            ["mIoU", "Pixel acc", "last dis(+)", "last dis(−)"]
+        rows = [[h["run"], _fmt_num(h["alpha"], "g"), _fmt_num(h["beta"], "g"), _fmt_num(h["margin"], "g")]
+                + ([_fmt_num(h["pdml_weight"], "g")] if weight else [])
+                + [_fmt_pct(h["miou"]), _fmt_pct(h["pixel_acc"], sign="%"), _fmt_num(h["dis_pos_last"]),
+                   _fmt_num(h["dis_neg_last"])] for _, h in hyper.iterrows()]
         out.append(("Table 4 — PDML hyper-parameters", "PDML runs with their loss weights α, β and margin m.",
                     header, rows))
     if ext is not None:

@@ -293,3 +293,17 @@ def test_qualitative_grid_with_a_moved_dataset_says_what_to_do(real_run, tmp_pat
         build_report({"moved": moved}, tmp_path / "report", qualitative_images=1, cache=cache, device="cpu")
     out = build_report({"moved": moved}, tmp_path / "report", qualitative_images=0, cache=cache)
     assert (out / "summary.csv").is_file() and not (out / "qualitative.png").exists()
+
+
+def test_table4_gains_a_weight_column_only_when_runs_differ_in_it(tmp_path):
+    pts = _write_points(tmp_path / "points" / "p1", "p1")
+    same = {"a": _write_train(tmp_path / "a", "k_a", CM_PDML, pts)}
+    runs = {**same, "w01": _write_train(tmp_path / "w01", "k_w01", CM_PDML, pts, pdml_weight=0.1)}
+    out = build_report(runs, tmp_path / "report", qualitative_images=0, cache=StageCache(tmp_path / "cache"))
+    hyper = pd.read_csv(out / "hyperparameters.csv")
+    assert list(hyper["run"]) == ["w01", "a"] and list(hyper["pdml_weight"]) == [0.1, 1.0]
+    assert "PDML weight" in (out / "index.md").read_text(encoding="utf-8")
+    runs = {**same, "m8": _write_train(tmp_path / "m8", "k_m8", CM_PDML, pts, margin=8.0)}
+    hyper = pd.read_csv(build_report(runs, tmp_path / "r2", qualitative_images=0,
+                                     cache=StageCache(tmp_path / "cache")) / "hyperparameters.csv")
+    assert "pdml_weight" not in hyper.columns
