@@ -45,7 +45,7 @@ from .metrics import SegMetrics
 
 REPORT_STAGE = "report"
 #: bump when the report's files change for the same inputs
-REPORT_VERSION = 1
+REPORT_VERSION = 2
 EXTENSION_TABLE = "extension_table.csv"
 #: columns of an ablate-extension table, in the order Table 5 shows them; others are kept after these
 EXTENSION_COLUMNS = ("method", "threshold", "region", "extension_acc", "new_pixels_per_image", "coverage",
