@@ -77,7 +77,7 @@ KMEANS_MAX_ITER = 300
 TABLE5_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 SCORE_THRESHOLD = 0.7
 DEFAULT_REGION = 5
-STAGE_VERSIONS = {"extension-row": 1, "extension-labels": 1, "ablation-evaluate": 1, "ablate-extension": 1}
+STAGE_VERSIONS = {"extension-row": 2, "extension-labels": 1, "ablation-evaluate": 1, "ablate-extension": 2}
 #: columns of ``extension_table.csv`` (Table 5's order); miou / pixel_acc only with training.
 TABLE_COLUMNS = ("method", "threshold", "region", "extension_acc", "new_pixels_per_image", "coverage",
                  "miou", "pixel_acc", "time_s")
@@ -639,7 +639,8 @@ class ExtensionCounts:
 
 def overlay(image: np.ndarray, labels: np.ndarray, click_map: np.ndarray, palette, alpha: float = 0.6) -> np.ndarray:
     """uint8 RGB [H, W, 3]: the image blended with the palette colour of each labelled pixel
-    (255 = left as is), clicks drawn as class-coloured dots with a white ring."""
+    (255 = left as is), each click marked by a hollow white ring around it: a filled dot would
+    hide exactly the few pixels (the 5×5 squares) that region extension labels."""
     pal = np.zeros((256, 3), np.float32)
     pal[: len(palette)] = np.asarray(palette, np.float32)
     out = image.astype(np.float32).copy()
@@ -647,10 +648,11 @@ def overlay(image: np.ndarray, labels: np.ndarray, click_map: np.ndarray, palett
     out[m] = (1.0 - alpha) * out[m] + alpha * pal[labels[m]]
     out = np.clip(out, 0, 255).astype(np.uint8)
     ys, xs, cls = click_coordinates(click_map)
-    r = max(2, min(image.shape[:2]) // 100)
+    r = max(5, min(image.shape[:2]) // 60)  # outside a 5x5 square's corners (radius 2.9)
     for y, x, c in zip(ys, xs, cls):
-        cv2.circle(out, (int(x), int(y)), r + 1, (255, 255, 255), -1, lineType=cv2.LINE_AA)
-        cv2.circle(out, (int(x), int(y)), r, tuple(int(v) for v in pal[c]), -1, lineType=cv2.LINE_AA)
+        cv2.circle(out, (int(x), int(y)), r + 1, (0, 0, 0), 1, lineType=cv2.LINE_AA)
+        cv2.circle(out, (int(x), int(y)), r, (255, 255, 255), 1, lineType=cv2.LINE_AA)
+        out[int(y), int(x)] = pal[c].astype(np.uint8)
     return out
 
 
