@@ -13,13 +13,9 @@ from .options import cache_option, friendly, quiet_option
 
 def _checkpoint_path(ref: str, cache_dir) -> Path:
     """A .pt file, a folder holding model.pt, or a train cache key → the model.pt path."""
-    from pointparse.predict import checkpoint_file
-    from pointparse.stages import _resolve_checkpoint
+    from pointparse.stages import resolve_checkpoint
 
-    p = Path(ref)
-    if p.is_file() or (p / "model.pt").is_file():
-        return checkpoint_file(p)
-    return _resolve_checkpoint(ref, StageCache(cache_dir))
+    return resolve_checkpoint(ref, StageCache(cache_dir))
 
 
 @click.command("predict")

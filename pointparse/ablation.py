@@ -65,6 +65,7 @@ from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
 from .io import atomic_dir, atomic_file, read_json, write_image, write_json, write_label_png
+from .model import resolve_device
 
 #: SLIC superpixels asked for per click, and the paper's range per image.
 SUPERPIXELS_PER_CLICK = 8
@@ -496,9 +497,7 @@ class Network:
         self.path = Path(checkpoint)
         self.ckpt = load_checkpoint(self.path)
         self.model, self.info = model_from_checkpoint(self.ckpt)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.model.to(self.device).eval()
         norm = self.ckpt["normalization"]
         self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
@@ -840,8 +839,7 @@ def _evaluate_subset(checkpoint: Path, spec, view: SplitView, fingerprint: dict,
     def build(tmp: Path) -> dict:
         ckpt = load_checkpoint(checkpoint)
         model, info = model_from_checkpoint(ckpt)
-        dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                           ("cpu" if device == "auto" else device))
+        dev = resolve_device(device)
         model.to(dev)
         norm = ckpt["normalization"]
         metrics, cm = evaluate_model(model, view, info.num_classes, eval_cfg, dev, norm["mean"], norm["std"],
@@ -885,7 +883,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
 
     from .io import read_json as _read_json
     from .points import load_points
-    from .stages import _resolve_checkpoint, dataset_fingerprint, open_spec
+    from .stages import dataset_fingerprint, open_spec, resolve_checkpoint
 
     build_row = row_builder or extension_row
     rows = cfg.rows()
@@ -899,7 +897,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
     points_key = _read_json(points_dir / "manifest.json")["key"]
     network = None
     if checkpoint is not None:
-        network = Network(_resolve_checkpoint(checkpoint, cache), cfg.device)
+        network = Network(resolve_checkpoint(checkpoint, cache), cfg.device)
         check_network(network, ds)
     needs = [r.label for r in rows if get_method(r.method).needs_network(cfg.kmeans_features)]
     if needs and network is None:

@@ -51,6 +51,7 @@ __all__ = [
     "aspp_dilations",
     "build_model",
     "load_weights",
+    "resolve_device",
     "upsample_logits",
 ]
 
@@ -203,6 +204,20 @@ class PointParseNet(nn.Module):
             {"name": "classifier", "params": [p for p in head if p.requires_grad],
              "lr": lr * CLASSIFIER_LR_MULT, "lr_mult": CLASSIFIER_LR_MULT, "weight_decay": weight_decay},
         ]
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a bad name or
+    CUDA without a device is a ConfigError."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev
 
 
 def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
 from .io import IMAGE_SUFFIXES, image_size, list_images, read_image, write_image, write_label_png
+from .model import resolve_device  # noqa: F401  (part of this module's API)
 from .transforms import normalise
 
 OVERLAY_ALPHA = 0.5
@@ -107,18 +108,6 @@ def load_for_inference(ref: str | Path, device: torch.device | str = "cpu") -> L
         raise DataError(path, f"checkpoint lacks what inference needs ({exc.__class__.__name__}: {exc})") from None
     net = SegmentationInference(model).to(device).eval()
     return LoadedModel(net, info, mean, std, path, dict(ckpt["model_config"]))
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device")
-    return dev
 
 
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:

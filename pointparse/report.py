@@ -532,9 +532,8 @@ def _distance_hists(run: RunData) -> dict | None:
 
 def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache, device: str) -> tuple[list[dict], list[str], Any]:
     """Images, ground truth and each run's prediction for ``n`` images spread over the eval split."""
-    import torch
-
     from .evaluate import EvalConfig, predict_logits
+    from .model import resolve_device
     from .stages import DatasetSpec, open_spec
     from .train import load_checkpoint, model_from_checkpoint
     from .transforms import normalise
@@ -561,8 +560,7 @@ def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache
     for i in idx:
         s = ds.load(i)
         samples.append({"name": s.name, "image": s.image, "gt": s.mask, "preds": {}})
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     cfg = EvalConfig(amp="off", workers=0, device=str(dev))
     for r in with_ckpt:
         ckpt = load_checkpoint(r.checkpoint)

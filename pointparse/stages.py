@@ -294,7 +294,7 @@ def plan_evaluate(spec: DatasetSpec, dataset: SegmentationDataset | None, checkp
 def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: StageCache, force: bool = False,
                  content_hash: bool = False, progress: bool = True) -> StageResult:
     """The ``evaluate`` stage: metrics of a trained model (artefact folder, key or .pt file) on a split."""
-    ckpt_path = _resolve_checkpoint(checkpoint, cache)
+    ckpt_path = resolve_checkpoint(checkpoint, cache)
     ds = open_spec(spec, cache, progress)
     params, inputs = plan_evaluate(spec, ds, ckpt_path, eval_cfg, content_hash)
 
@@ -305,10 +305,13 @@ def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: Sta
     return cache.run("evaluate", STAGE_VERSIONS["evaluate"], params, inputs, build, force=force)
 
 
-def _resolve_checkpoint(ref: str | Path, cache: StageCache) -> Path:
+def resolve_checkpoint(ref: str | Path, cache: StageCache) -> Path:
+    """The model.pt of ``ref``: a .pt file, a folder holding model.pt, or a train artefact key."""
     p = Path(ref)
     if p.is_file():
         return p
+    if p.is_dir() and (p / "model.pt").is_file():
+        return p / "model.pt"
     d = cache.find(ref, stage="train")
     if not (d / "model.pt").is_file():
         raise DataError(d, "train artefact has no model.pt (unfinished run?)")
