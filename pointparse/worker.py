@@ -15,7 +15,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: python -m pointparse.worker RUN_DIR")
+    import torch.distributed as dist
+
     run_job(argv[0])
+    if dist.is_initialized():
+        # Tear down together: a rank that closes its gloo pairs while another still reads them
+        # aborts that one (SIGABRT), and exiting without destroy_process_group leaks NCCL comms.
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -429,6 +429,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             },
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
+        # gloo aborts (SIGABRT) when one rank tears its pairs down while the other still uses them
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
