@@ -74,6 +74,42 @@ def test_connected_components_are_8_connected():
     assert found.crops[big].sum() == 8
 
 
+def _scipy_components(mask: np.ndarray, min_area: int) -> list[tuple]:
+    """(class, box, area, crop bytes) per 8-connected component, from scipy.ndimage.label."""
+    out = []
+    for c in np.unique(mask[mask != IGNORE_INDEX]).tolist():
+        lab, _ = ndimage.label(mask == c, structure=EIGHT)
+        for j, sl in enumerate(ndimage.find_objects(lab), 1):
+            crop = lab[sl] == j
+            if crop.sum() >= min_area:
+                out.append((c, (sl[0].start, sl[1].start, sl[0].stop, sl[1].stop), int(crop.sum()), crop.tobytes()))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("kind", ["noise", "blobs", "rings"])
+def test_components_match_scipy_labelling(kind):
+    """Components come from contours: nested islands, touching boxes and diagonal contacts included."""
+    rng = np.random.default_rng({"noise": 0, "blobs": 1, "rings": 2}[kind])
+    for trial in range(60):
+        h, w = (int(v) for v in rng.integers(1, 48, 2))
+        if kind == "noise":  # deep nesting: islands in holes in islands, many components per class
+            mask = rng.integers(0, 3, (h, w)).astype(np.uint8)
+        elif kind == "blobs":
+            small = rng.integers(0, 4, (max(1, h // 5), max(1, w // 5))).astype(np.uint8)
+            mask = np.kron(small, np.ones((5, 5), np.uint8))[:h, :w]
+            mask = np.pad(mask, ((0, h - mask.shape[0]), (0, w - mask.shape[1])), mode="edge")
+        else:  # concentric squares alternating between two classes
+            yy, xx = np.mgrid[:h, :w]
+            ring = np.minimum(np.minimum(yy, xx), np.minimum(h - 1 - yy, w - 1 - xx))
+            mask = ((ring // int(rng.integers(1, 4))) % 2).astype(np.uint8)
+        mask[rng.random((h, w)) < 0.05] = IGNORE_INDEX
+        for min_area in (1, 4):
+            found = find_instances(mask, None, min_area=min_area)
+            got = sorted((int(c), tuple(int(v) for v in b), int(a), crop.tobytes())
+                         for c, b, a, crop in zip(found.classes, found.boxes, found.areas, found.crops))
+            assert got == _scipy_components(mask, min_area), (kind, trial, min_area)
+
+
 def test_min_area_gives_one_click_per_large_instance_and_none_below():
     mask = np.full((20, 20), IGNORE_INDEX, np.uint8)
     mask[0:3, 0:5] = 1    # 15 px
