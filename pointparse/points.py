@@ -239,7 +239,8 @@ def find_instances(mask: np.ndarray, instances: np.ndarray | None = None, min_ar
 # -- click models ------------------------------------------------------------------------------
 # A click model maps one instance crop (bool [h, w], True = instance) to a (row, col) in the crop.
 
-#: crops larger than this many pixels get their distance transform on a coarser grid (below)
+#: the coarse grid of a large crop keeps at least this many cells; crops of fewer than four times
+#: this many pixels get the exact transform (see ``_deepest``)
 COARSE_PIXELS = 1024
 
 
@@ -275,8 +276,8 @@ def _argmax_distance(binary: np.ndarray) -> tuple[int, int]:
 def _deepest(crop: np.ndarray) -> tuple[int, int]:
     """The pixel deepest inside the instance: argmax of its distance transform.
 
-    Exact on crops up to :data:`COARSE_PIXELS` pixels. A larger crop is first reduced by an
-    integer factor ``f`` (<= 16) to blocks that lie *entirely* inside the instance; the deepest
+    Exact on crops of fewer than ``4 * COARSE_PIXELS`` pixels. A larger crop is first reduced by
+    the integer factor ``f = min(16, floor(sqrt(pixels / COARSE_PIXELS)))`` to blocks that lie *entirely* inside the instance; the deepest
     block is found exactly on that grid and its middle pixel returned, so the click is always on
     the instance and within about ``f`` pixels of the exact argmax, at a fraction of the cost
     (large stuff regions dominate the run time otherwise). Falls back to the exact transform when
