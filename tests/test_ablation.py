@@ -183,6 +183,7 @@ def test_kmeans_separates_two_colours_and_upsampled_features_are_exact():
     torch.testing.assert_close(up.dots(centres), dense.dots(centres), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(up.cluster_sums(assign, 3), dense.cluster_sums(assign, 3), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(up.at(ys, xs), dense.at(ys, xs), rtol=1e-5, atol=1e-5)
+    assert torch.equal(up.nearest(centres), dense.nearest(centres))
 
 
 def test_grid_defaults_to_table5_and_rejects_unknown_methods():
