@@ -295,6 +295,26 @@ def test_qualitative_grid_with_a_moved_dataset_says_what_to_do(real_run, tmp_pat
     assert (out / "summary.csv").is_file() and not (out / "qualitative.png").exists()
 
 
+def test_qualitative_grid_turns_when_many_runs_would_make_it_too_wide(tmp_path):
+    from pointparse.plots import QUALITATIVE_MAX_COLUMNS, qualitative_grid
+
+    gt = np.kron(np.arange(12, dtype=np.uint8).reshape(3, 4) % 3, np.ones((16, 16), np.uint8))  # [48, 64]
+    samples = [{"name": f"a_rather_long_image_name_number_{i}_from_a_street", "image": np.zeros(gt.shape + (3,), np.uint8),
+                "gt": gt, "preds": {}} for i in range(3)]
+
+    def size(n_runs: int) -> tuple[int, int]:
+        runs = [f"PDML+Ext w=0.1 from ep. 6[seed={k}]" for k in range(n_runs)]
+        for s in samples:
+            s["preds"] = {r: gt for r in runs}
+        path = qualitative_grid(samples, runs, ["a", "b", "c"], [(0, 0, 0), (90, 90, 90), (200, 200, 200)],
+                                tmp_path / f"q{n_runs}.png")
+        return Image.open(path).size
+
+    w_few, h_few = size(QUALITATIVE_MAX_COLUMNS - 2)  # fits: one row per image
+    w_many, h_many = size(12)  # 14 panels per image: one row per panel
+    assert w_few > h_few and h_many > w_many
+    assert w_many < w_few  # three image columns instead of fourteen panel columns
+
 def test_table4_gains_a_weight_column_only_when_runs_differ_in_it(tmp_path):
     pts = _write_points(tmp_path / "points" / "p1", "p1")
     same = {"a": _write_train(tmp_path / "a", "k_a", CM_PDML, pts)}
