@@ -45,10 +45,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import multiprocessing
 import shutil
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -66,6 +64,7 @@ from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
 from .io import atomic_dir, atomic_file, read_json, write_image, write_json, write_label_png
 from .model import resolve_device
+from .pool import fork_pool
 
 #: SLIC superpixels asked for per click, and the paper's range per image.
 SUPERPIXELS_PER_CLICK = 8
@@ -483,14 +482,9 @@ def _run_offline_job(job: _OfflineJob) -> tuple[np.ndarray, dict]:
 
 
 def _init_worker() -> None:
-    torch.set_num_threads(1)  # each of N workers gets one core; no nested thread pools
-    cv2.setNumThreads(1)
-
-
-def _mp_context():
-    # fork: workers start in milliseconds with torch/skimage already imported (as make-points)
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else None)
+    # each of N workers gets one core, no nested thread pools (OpenCV's is set by fork_pool:
+    # a forked child must not call cv2.setNumThreads)
+    torch.set_num_threads(1)
 
 
 def _ordered_map(fn: Callable, items: Iterator[tuple[Any, Any]], workers: int) -> Iterator[tuple[Any, Any]]:
@@ -500,7 +494,7 @@ def _ordered_map(fn: Callable, items: Iterator[tuple[Any, Any]], workers: int) -
         for tag, job in items:
             yield tag, fn(job)
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(), initializer=_init_worker) as pool:
+    with fork_pool(workers, initializer=_init_worker) as pool:
         window: collections.deque = collections.deque()
         try:
             for tag, job in items:

@@ -26,12 +26,10 @@ annotation transforms require.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
-import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +44,7 @@ from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .io import atomic_file, read_json, write_json, write_label_png
+from .pool import fork_pool, worker_count
 
 POINTS_JSON = "points.json"
 POINTS_CSV = "points.csv"
@@ -456,44 +455,10 @@ def _points_for_chunk(dataset: SegmentationDataset, indices: list[int], config: 
         return _RemoteDataError(str(exc.path), exc.problem)
 
 
-def _worker_count(workers: int | None) -> int:
-    if workers is None:
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not on Linux
-            return os.cpu_count() or 1
-    return max(1, int(workers))
-
-
-def _mp_context():
-    # fork starts workers in milliseconds and shares the already-imported modules; spawn would
-    # re-import numpy/cv2/pandas in every worker, which costs more than small jobs take.
-    # (Workers must not call cv2.setNumThreads: after fork it deadlocks on the parent's pool.)
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else None)
-
-
-@contextlib.contextmanager
-def _single_threaded_cv2():
-    """One OpenCV thread while a worker pool runs, restored afterwards.
-
-    Forked workers inherit the setting, so each worker runs OpenCV inline instead of on a
-    thread pool of its own (N workers x N threads on N cores costs ~20% in oversubscription).
-    It is set in the parent before the fork because a forked child must not touch OpenCV's
-    thread pool, which it shares the state of but not the threads.
-    """
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
-
-
 def _collect(dataset: SegmentationDataset, config: MakePointsConfig, sparse_dir: Path | None,
              progress: bool) -> list[_ImagePoints]:
     n = len(dataset)
-    workers = min(_worker_count(config.workers), n)
+    workers = min(worker_count(config.workers), n)
     bar = tqdm(total=n, desc="make-points", unit="img", disable=not progress)
     try:
         if workers <= 1:
@@ -506,7 +471,7 @@ def _collect(dataset: SegmentationDataset, config: MakePointsConfig, sparse_dir:
         size = max(1, math.ceil(n / (workers * 4)))
         chunks = [list(range(s, min(n, s + size))) for s in range(0, n, size)]
         results: list = [None] * len(chunks)
-        with _single_threaded_cv2(), ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) as pool:
+        with fork_pool(workers) as pool:
             futures = {pool.submit(_points_for_chunk, dataset, chunk, config, sparse_dir): j
                        for j, chunk in enumerate(chunks)}
             try:

@@ -1,0 +1,38 @@
+"""Forked worker pools after the parent has used OpenCV's thread pool (a deadlock once)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Run in a child interpreter with a timeout: the failure this guards against is a hang.
+SCRIPT = textwrap.dedent("""
+    import cv2, numpy as np
+    from pointparse.ablation import _OfflineJob, _ordered_map, _run_offline_job
+    from pointparse.pool import fork_pool
+
+    cv2.setNumThreads(2)
+    cv2.GaussianBlur(np.random.rand(1500, 1500).astype(np.float32), (31, 31), 5)  # parent uses its pool
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    clicks = np.full((48, 48), 255, np.uint8)
+    clicks[8, 8], clicks[40, 40] = 0, 1
+    jobs = ((k, _OfflineJob("superpixel", clicks, image)) for k in range(4))
+    assert [t for t, _ in _ordered_map(_run_offline_job, jobs, 2)] == [0, 1, 2, 3]
+    with fork_pool(2) as pool:
+        assert pool.submit(cv2.getNumThreads).result() == 1  # workers run OpenCV inline
+    assert cv2.getNumThreads() == 2  # restored in the parent
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+def test_fork_pools_do_not_hang_after_the_parent_used_opencv_threads():
+    try:
+        res = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("a forked worker pool hung after the parent had used OpenCV's thread pool")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
