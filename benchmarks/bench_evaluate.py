@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pointparse.datasets import open_dataset
-from pointparse.evaluate import EvalConfig, evaluate_model, predict_logits
+from pointparse.evaluate import EvalConfig, evaluate_model, loader_workers, predict_logits
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from pointparse.synthetic import SyntheticConfig, generate_scenes
 from pointparse.transforms import EvalSamples
@@ -28,7 +28,8 @@ def main() -> None:
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=None,
+                    help="loader processes (default: what evaluate picks, 0 on CPU and 2 on CUDA)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -64,7 +65,7 @@ def main() -> None:
             times[name] = min(times.get(name, float("inf")), t)
             print(f"{name:10s} {len(ds) / t:7.2f} img/s", flush=True)
         print(f"\nevaluate/bare throughput ratio = {times['bare'] / times['evaluate']:.3f} (target >= 0.95; "
-              f"{args.images} images {args.size}px, {args.backbone}, {dev}, {args.workers} loader worker(s))")
+              f"{args.images} images {args.size}px, {args.backbone}, {dev}, {loader_workers(cfg, dev)} loader worker(s))")
 
 
 if __name__ == "__main__":

@@ -576,7 +576,7 @@ def iter_extended(dataset: SegmentationDataset, click_maps: Callable[[str], np.n
 
     def samples():
         for i in range(len(dataset)):
-            sample = dataset.load(i) if with_mask else _image_only(dataset, i)
+            sample = dataset.load(i, with_instances=False) if with_mask else _image_only(dataset, i)
             cmap = click_maps(sample.name)
             yield i, sample, cmap
 
@@ -709,8 +709,8 @@ class SplitView(SegmentationDataset):
     def load_mask(self, i: int) -> np.ndarray:
         return self.base.load_mask(self.indices[i])
 
-    def load(self, i: int, with_image: bool = True, check_size: bool = True):
-        return self.base.load(self.indices[i], with_image, check_size)
+    def load(self, i: int, with_image: bool = True, check_size: bool = True, with_instances: bool = True):
+        return self.base.load(self.indices[i], with_image, check_size, with_instances)
 
     def files(self) -> list[Path]:
         return self.base.files()

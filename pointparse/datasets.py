@@ -272,15 +272,19 @@ class SegmentationDataset:
             mask = self.load_mask(i)
         return self._decode_instances(i, mask)
 
-    def load(self, i: int, with_image: bool = True, check_size: bool = True) -> Sample:
-        """Load one example; the mask must match its image's size."""
+    def load(self, i: int, with_image: bool = True, check_size: bool = True, with_instances: bool = True) -> Sample:
+        """Load one example; the mask must match its image's size.
+
+        ``with_instances=False`` skips decoding the instance map (``instances`` is then ``None``):
+        only click simulation needs it, and it is a third file per image.
+        """
         mask = self.load_mask(i)
         image = self.load_image(i) if with_image else None
         if check_size:
             h, w = image.shape[:2] if image is not None else self.image_size(i)
             if mask.shape != (h, w):
                 raise self._size_mismatch(i, mask.shape, (h, w))
-        return Sample(self.names[i], image, mask, self.load_instances(i, mask))
+        return Sample(self.names[i], image, mask, self.load_instances(i, mask) if with_instances else None)
 
     def _size_mismatch(self, i: int, mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> DataError:
         return DataError(

@@ -558,7 +558,7 @@ def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache
     idx = sorted({int(round(v)) for v in np.linspace(0, len(ds) - 1, min(n, len(ds)))})
     samples = []
     for i in idx:
-        s = ds.load(i)
+        s = ds.load(i, with_instances=False)
         samples.append({"name": s.name, "image": s.image, "gt": s.mask, "preds": {}})
     dev = resolve_device(device)
     cfg = EvalConfig(amp="off", workers=0, device=str(dev))

@@ -178,6 +178,6 @@ class EvalSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, k: int) -> dict:
         i = self.indices[k]
-        sample = self.dataset.load(i)
+        sample = self.dataset.load(i, with_instances=False)
         return {"image": normalise(sample.image, self.mean, self.std),
                 "dense": torch.from_numpy(sample.mask.astype(np.int64)), "index": i}

@@ -178,3 +178,16 @@ def test_torchrun_gloo_two_processes(cache, points_dir):
     assert (res.path / "model.pt").is_file() and (res.path / "metrics.json").is_file()
     rows = [json.loads(l) for l in (res.path / "epochs.jsonl").read_text().splitlines()]
     assert len(rows) == 1 and rows[0]["triples_per_step"] > 0
+
+
+def test_evaluation_loads_in_the_main_process_on_cpu_unless_told(cache):
+    from pointparse.evaluate import loader_workers
+
+    assert loader_workers(EvalConfig(), torch.device("cpu")) == 0
+    assert loader_workers(EvalConfig(), torch.device("cuda")) == 2
+    assert loader_workers(EvalConfig(workers=3), torch.device("cpu")) == 3
+    with pytest.raises(ConfigError, match="workers"):
+        EvalConfig(workers=-1)
+    # evaluation reads image and mask only; the instance map is for make-points
+    ds = open_spec(SPEC.with_split("val"), cache, progress=False)
+    assert ds.load(0).instances is not None and ds.load(0, with_instances=False).instances is None
