@@ -489,12 +489,12 @@ def _collect(dataset: SegmentationDataset, config: MakePointsConfig, sparse_dir:
         bar.close()
 
 
-def _relative_image_path(dataset: SegmentationDataset, i: int) -> str:
+def _relative_image_path(dataset: SegmentationDataset, i: int, root: Path | None) -> str:
+    """The image's path relative to the resolved dataset ``root`` (its name when outside it)."""
     p = Path(dataset.image_path(i))
-    root = getattr(dataset, "root", None)
     if root is not None:
         try:
-            return p.resolve().relative_to(Path(root).resolve()).as_posix()
+            return p.resolve().relative_to(root).as_posix()
         except ValueError:
             pass
     return p.name
@@ -536,8 +536,10 @@ def write_points_artefact(out_dir: Path, dataset: SegmentationDataset, images: l
     """
     info = dataset.info
     coco_images, annotations = [], []
+    root = getattr(dataset, "root", None)
+    root = Path(root).resolve() if root is not None else None  # once: resolving is a few syscalls
     for i, p in enumerate(images):
-        coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i),
+        coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i, root),
                             "height": p.height, "width": p.width})
         areas, boxes = getattr(p, "areas", None), getattr(p, "boxes", None)
         for k, ((x, y), c) in enumerate(zip(p.xy.tolist(), p.classes.tolist())):
