@@ -48,8 +48,8 @@ def loader_workers(cfg: EvalConfig, device: torch.device) -> int:
     """DataLoader processes for evaluation.
 
     On CUDA, loading overlaps with the GPU. On CPU the loader competes with inference for the same
-    cores, and a stalled intra-op thread holds up every parallel kernel: one loader process cost
-    15 % of throughput against loading in the main process (2 cores, Lite0, 256 px), so CPU
+    cores, and a stalled intra-op thread holds up every parallel kernel: with one loader process
+    evaluation ran at 22 img/s, loading in the main process at 30 (2 cores, Lite0, 256 px), so CPU
     evaluation loads in the main process unless told otherwise.
     """
     if cfg.workers is not None:
