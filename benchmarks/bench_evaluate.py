@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from pointparse.datasets import open_dataset
-from pointparse.evaluate import EvalConfig, evaluate_model, loader_workers, predict_logits
+from pointparse.evaluate import EvalConfig, evaluate_model, predict_logits
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
+from pointparse.pool import loader_workers
 from pointparse.synthetic import SyntheticConfig, generate_scenes
 from pointparse.transforms import EvalSamples
 
@@ -65,7 +66,7 @@ def main() -> None:
             times[name] = min(times.get(name, float("inf")), t)
             print(f"{name:10s} {len(ds) / t:7.2f} img/s", flush=True)
         print(f"\nevaluate/bare throughput ratio = {times['bare'] / times['evaluate']:.3f} (target >= 0.95; "
-              f"{args.images} images {args.size}px, {args.backbone}, {dev}, {loader_workers(cfg, dev)} loader worker(s))")
+              f"{args.images} images {args.size}px, {args.backbone}, {dev}, {loader_workers(cfg.workers, dev)} loader worker(s))")
 
 
 if __name__ == "__main__":

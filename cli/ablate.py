@@ -53,7 +53,8 @@ def _split_list(values, cast, what: str) -> tuple | None:
 @click.option("--lr", default=None, type=float, help="Learning rate (default: the checkpoint's).")
 @click.option("--init", type=click.Choice(["checkpoint", "imagenet"]), default="checkpoint", show_default=True,
               help="Start each training from the checkpoint's weights or from ImageNet.")
-@click.option("--train-workers", default=2, show_default=True, type=int, help="DataLoader workers for training.")
+@click.option("--train-workers", default=None, type=int,
+              help="DataLoader processes for training (default: 0 on CPU, up to 4 per GPU).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
               help="Also copy the table folder here.")
 @cache_option

@@ -84,7 +84,8 @@ def _train_options(fn):
         click.option("--seed", default=0, show_default=True, type=int),
         click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--workers", default=2, show_default=True, type=int, help="DataLoader workers."),
+        click.option("--workers", default=None, type=int,
+                     help="DataLoader processes (default: 0 on CPU, where they would compete with the model; up to 4 per GPU)."),
         click.option("--val-split", default=None, help="Evaluate the final model on this split."),
         click.option("--gpus", default=0, show_default=True, type=int, help="Processes per node via torchrun (>1 = DDP)."),
     ]

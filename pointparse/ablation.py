@@ -244,7 +244,7 @@ class AblationTrainConfig:
     crop_size: int = 321
     lr: float | None = None
     init: str = "checkpoint"
-    workers: int = 2
+    workers: int | None = None  # DataLoader processes; None = auto (pointparse.pool.loader_workers)
 
     def __post_init__(self) -> None:
         if self.init not in ("checkpoint", "imagenet"):
@@ -833,7 +833,7 @@ def _train_config(row: AblationRow, train: AblationTrainConfig, network: Network
 
     base = TrainConfig.from_dict(network.ckpt["train_config"]) if network is not None else TrainConfig()
     common = dict(epochs=int(train.epochs), batch_size=int(train.batch_size), crop_size=int(train.crop_size),
-                  workers=int(train.workers), device=device, extension_start_epoch=0,
+                  workers=train.workers, device=device, extension_start_epoch=0,
                   lr=float(train.lr) if train.lr is not None else base.lr)
     if train.init == "checkpoint":
         if network is None:

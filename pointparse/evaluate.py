@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .io import atomic_file, write_json
 from .metrics import ConfusionMatrix, SegMetrics
 from .model import upsample_logits
+from .pool import loader_workers
 from .transforms import EvalSamples
 
 
@@ -28,7 +29,7 @@ from .transforms import EvalSamples
 class EvalConfig:
     """Inference options. ``window`` > 0 enables sliding-window inference with that crop size and
     ``window_stride`` (default 2/3 of the window); ``flip`` averages with the mirrored image.
-    ``workers``: DataLoader processes; ``None`` = 2 on CUDA, 0 on CPU (see :func:`loader_workers`).
+    ``workers``: DataLoader processes; ``None`` = auto, 0 on CPU (see :func:`pointparse.pool.loader_workers`).
     """
 
     flip: bool = False
@@ -42,19 +43,6 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.workers is not None and int(self.workers) < 0:
             raise ConfigError(f"evaluation workers must be >= 0 or None (auto), got {self.workers!r}")
-
-
-def loader_workers(cfg: EvalConfig, device: torch.device) -> int:
-    """DataLoader processes for evaluation.
-
-    On CUDA, loading overlaps with the GPU. On CPU the loader competes with inference for the same
-    cores, and a stalled intra-op thread holds up every parallel kernel: with one loader process
-    evaluation ran at 22 img/s, loading in the main process at 30 (2 cores, Lite0, 256 px), so CPU
-    evaluation loads in the main process unless told otherwise.
-    """
-    if cfg.workers is not None:
-        return int(cfg.workers)
-    return 2 if device.type == "cuda" else 0
 
 
 def _forward(model, x: torch.Tensor, amp_dtype) -> torch.Tensor:
@@ -116,7 +104,7 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
     channels_last = cfg.channels_last
     indices = list(range(rank, len(dataset), world_size))
     samples = EvalSamples(dataset, mean, std, indices)
-    loader = torch.utils.data.DataLoader(samples, batch_size=1, num_workers=loader_workers(cfg, device),
+    loader = torch.utils.data.DataLoader(samples, batch_size=1, num_workers=loader_workers(cfg.workers, device),
                                          pin_memory=device.type == "cuda")
     cm = ConfusionMatrix(num_classes, device=device)
     for batch in tqdm(loader, desc="evaluate", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):

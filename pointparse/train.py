@@ -40,6 +40,7 @@ from .io import atomic_file
 from .losses import (gather_points, pdml_loss, pixel_cross_entropy, point_cross_entropy, sample_embeddings,
                      subgroups)
 from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model, upsample_logits
+from .pool import loader_workers
 from .transforms import AugmentConfig, TrainSamples, collate
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
@@ -86,7 +87,7 @@ class TrainConfig:
     scale_min: float = 0.5
     scale_max: float = 1.5
     flip: bool = True
-    workers: int = 2
+    workers: int | None = None  # DataLoader processes; None = auto (pointparse.pool.loader_workers)
     # system
     seed: int = 0
     amp: str = "auto"
@@ -110,6 +111,8 @@ class TrainConfig:
             raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
         if self.region < 1 or self.region % 2 == 0:
             raise ConfigError(f"region must be an odd size >= 1, got {self.region}")
+        if self.workers is not None and int(self.workers) < 0:
+            raise ConfigError(f"workers must be >= 0 or None (auto), got {self.workers!r}")
 
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, num_classes=num_classes, output_stride=self.output_stride,
@@ -495,7 +498,7 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
                                                   shuffle=True, seed=cfg.seed, drop_last=True)
     drop_last = len(samples) >= cfg.batch_size
     loader = torch.utils.data.DataLoader(
-        samples, batch_size=per_rank, sampler=sampler, num_workers=cfg.workers, collate_fn=collate,
+        samples, batch_size=per_rank, sampler=sampler, num_workers=loader_workers(cfg.workers, rt.device), collate_fn=collate,
         pin_memory=rt.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
     )
     if rt.is_main:  # drop log rows of an epoch that a killed run did not finish

@@ -180,14 +180,19 @@ def test_torchrun_gloo_two_processes(cache, points_dir):
     assert len(rows) == 1 and rows[0]["triples_per_step"] > 0
 
 
-def test_evaluation_loads_in_the_main_process_on_cpu_unless_told(cache):
-    from pointparse.evaluate import loader_workers
+def test_loaders_run_in_the_main_process_on_cpu_unless_told(cache, monkeypatch):
+    from pointparse.pool import loader_workers
 
-    assert loader_workers(EvalConfig(), torch.device("cpu")) == 0
-    assert loader_workers(EvalConfig(), torch.device("cuda")) == 2
-    assert loader_workers(EvalConfig(workers=3), torch.device("cpu")) == 3
-    with pytest.raises(ConfigError, match="workers"):
-        EvalConfig(workers=-1)
+    monkeypatch.setattr("pointparse.pool.worker_count", lambda workers: 16)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert loader_workers(None, torch.device("cpu")) == 0
+    assert loader_workers(None, torch.device("cuda")) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # 8 GPU processes share 16 cores
+    assert loader_workers(None, torch.device("cuda")) == 2
+    assert loader_workers(3, torch.device("cpu")) == 3
+    for make in (lambda: EvalConfig(workers=-1), lambda: tiny_cfg(workers=-1)):
+        with pytest.raises(ConfigError, match="workers"):
+            make()
     # evaluation reads image and mask only; the instance map is for make-points
     ds = open_spec(SPEC.with_split("val"), cache, progress=False)
     assert ds.load(0).instances is not None and ds.load(0, with_instances=False).instances is None
