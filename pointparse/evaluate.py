@@ -21,7 +21,7 @@ from .errors import ConfigError
 from .io import atomic_file, write_json
 from .metrics import ConfusionMatrix, SegMetrics
 from .model import upsample_logits
-from .pool import loader_workers
+from .pool import loader_workers, start_loader
 from .transforms import EvalSamples
 
 
@@ -107,7 +107,8 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
     loader = torch.utils.data.DataLoader(samples, batch_size=1, num_workers=loader_workers(cfg.workers, device),
                                          pin_memory=device.type == "cuda")
     cm = ConfusionMatrix(num_classes, device=device)
-    for batch in tqdm(loader, desc="evaluate", disable=not (progress and rank == 0), leave=False, dynamic_ncols=True):
+    for batch in tqdm(start_loader(loader), total=len(loader), desc="evaluate", disable=not (progress and rank == 0),
+                      leave=False, dynamic_ncols=True):
         x = batch["image"].to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -56,16 +56,31 @@ def fork_context():
 
 
 @contextlib.contextmanager
-def fork_pool(workers: int, initializer: Callable[[], None] | None = None) -> Iterator[ProcessPoolExecutor]:
-    """A ``ProcessPoolExecutor`` of ``workers`` forked processes whose OpenCV runs single-threaded.
+def opencv_single_threaded() -> Iterator[None]:
+    """OpenCV on one thread inside the block, the previous count restored after.
 
-    N workers with N OpenCV threads each on N cores lose ~20% to oversubscription, and the child
-    must not change the count itself (module docstring). Shut down on exit, as ``with`` does.
+    Processes forked inside the block inherit the single thread: N workers with N OpenCV threads
+    each on N cores lose ~20 % to oversubscription, and a child must not change the count itself
+    (module docstring).
     """
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=fork_context(), initializer=initializer) as pool:
-            yield pool
+        yield
     finally:
         cv2.setNumThreads(before)
+
+
+@contextlib.contextmanager
+def fork_pool(workers: int, initializer: Callable[[], None] | None = None) -> Iterator[ProcessPoolExecutor]:
+    """A ``ProcessPoolExecutor`` of ``workers`` forked processes whose OpenCV runs single-threaded,
+    shut down on exit as ``with`` does."""
+    with opencv_single_threaded(), \
+            ProcessPoolExecutor(max_workers=workers, mp_context=fork_context(), initializer=initializer) as pool:
+        yield pool
+
+
+def start_loader(loader: torch.utils.data.DataLoader) -> Iterator:
+    """``iter(loader)``: its worker processes (if any) start here, with single-threaded OpenCV."""
+    with opencv_single_threaded():
+        return iter(loader)

@@ -40,7 +40,7 @@ from .io import atomic_file
 from .losses import (gather_points, pdml_loss, pixel_cross_entropy, point_cross_entropy, sample_embeddings,
                      subgroups)
 from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model, upsample_logits
-from .pool import loader_workers
+from .pool import loader_workers, start_loader
 from .transforms import AugmentConfig, TrainSamples, collate
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
@@ -329,8 +329,8 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
     channels_last = cfg.channels_last and rt.device.type == "cuda"
     gen = torch.Generator(device="cpu")
     t0 = time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and rt.is_main),
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(start_loader(loader), total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not (progress and rt.is_main), leave=False, dynamic_ncols=True)
     for it, batch in enumerate(bar):
         # PDML pairing order seeded per (run seed, epoch, step): identical on all ranks and on resume
         gen.manual_seed(hash((cfg.seed, epoch, it)) & 0x7FFF_FFFF)

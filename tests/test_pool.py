@@ -1,4 +1,4 @@
-"""Forked worker pools after the parent has used OpenCV's thread pool (a deadlock once)."""
+"""Forked worker pools and DataLoader workers after the parent has used OpenCV's thread pool."""
 
 from __future__ import annotations
 
@@ -25,6 +25,21 @@ SCRIPT = textwrap.dedent("""
     with fork_pool(2) as pool:
         assert pool.submit(cv2.getNumThreads).result() == 1  # workers run OpenCV inline
     assert cv2.getNumThreads() == 2  # restored in the parent
+
+    import torch
+    from pointparse.pool import start_loader
+
+    class Threads(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            cv2.resize(np.zeros((600, 600, 3), np.uint8), (300, 300))
+            return cv2.getNumThreads()
+
+    loader = torch.utils.data.DataLoader(Threads(), batch_size=None, num_workers=1)
+    assert [int(t) for t in start_loader(loader)] == [1, 1]  # DataLoader workers too
+    assert cv2.getNumThreads() == 2
     print("ok")
 """)
 
