@@ -7,7 +7,7 @@ where spawn would re-import them in every worker at more cost than small jobs ta
 OpenCV and fork: a forked child inherits OpenCV's thread count but not its threads, and calling
 ``cv2.setNumThreads`` in the child after the parent has used its pool deadlocks (the child waits
 on threads that do not exist in it). So the thread count is set in the *parent*, before the fork,
-and restored afterwards: :func:`fork_pool` does both.
+and restored afterwards: :func:`fork_pool` and :func:`start_loader` do both.
 """
 
 from __future__ import annotations
@@ -59,9 +59,9 @@ def fork_context():
 def opencv_single_threaded() -> Iterator[None]:
     """OpenCV on one thread inside the block, the previous count restored after.
 
-    Processes forked inside the block inherit the single thread: N workers with N OpenCV threads
-    each on N cores lose ~20 % to oversubscription, and a child must not change the count itself
-    (module docstring).
+    Processes forked inside the block inherit the single thread, so N workers do not start N
+    OpenCV threads each on N cores, and a child must not change the count itself (module
+    docstring).
     """
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
