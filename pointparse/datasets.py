@@ -215,7 +215,7 @@ class SegmentationDataset:
         p = self.instance_path(i)
         if p is None:
             return None
-        inst = read_label(p).astype(np.int32)
+        inst = read_label(p).astype(np.int32, copy=False)  # 16-bit maps are int32 already
         if inst.shape != mask.shape:
             raise DataError(p, f"instance map is {inst.shape[1]}x{inst.shape[0]} but the mask is {mask.shape[1]}x{mask.shape[0]}")
         return inst
