@@ -43,7 +43,6 @@ rows' keys, so adding a threshold later computes only that row.
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import shutil
 import time
@@ -64,7 +63,7 @@ from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
 from .io import atomic_dir, atomic_file, read_json, write_image, write_json, write_label_png
 from .model import resolve_device
-from .pool import fork_pool
+from .pool import fork_pool, one_thread
 
 #: SLIC superpixels asked for per click, and the paper's range per image.
 SUPERPIXELS_PER_CLICK = 8
@@ -439,16 +438,10 @@ def kmeans_extension(features, click_map: np.ndarray, max_iter: int = KMEANS_MAX
     return out, it
 
 
-@contextlib.contextmanager
 def _single_thread():
     """Run a block with one torch thread (restored after): the same arithmetic in a worker
     process and in a serial run, so parallel results equal serial ones bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return one_thread(torch.get_num_threads, torch.set_num_threads)
 
 
 @dataclass

@@ -56,19 +56,24 @@ def fork_context():
 
 
 @contextlib.contextmanager
-def opencv_single_threaded() -> Iterator[None]:
+def one_thread(get: Callable[[], int], set_: Callable[[int], None]) -> Iterator[None]:
+    """A library's thread count (``get`` / ``set_``) at 1 inside the block, restored after."""
+    before = get()
+    set_(1)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
+def opencv_single_threaded() -> contextlib.AbstractContextManager:
     """OpenCV on one thread inside the block, the previous count restored after.
 
     Processes forked inside the block inherit the single thread, so N workers do not start N
     OpenCV threads each on N cores, and a child must not change the count itself (module
     docstring).
     """
-    before = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(before)
+    return one_thread(cv2.getNumThreads, cv2.setNumThreads)
 
 
 @contextlib.contextmanager
