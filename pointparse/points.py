@@ -96,20 +96,18 @@ _PAIRWISE_MAX = 256
 def _contour_depths(parents: np.ndarray) -> np.ndarray:
     """Nesting depth of each contour of a ``RETR_TREE`` hierarchy (``parents`` int [N], -1 = top).
 
-    Even depth = outer border of a component, odd = border of a hole. Iterative: nesting can be
-    deeper than Python's recursion limit in noisy masks.
+    Even depth = outer border of a component, odd = border of a hole. Pointer jumping: every
+    round doubles how far each contour has looked up the tree, so deep nesting (noisy masks)
+    takes log2(depth) vectorised rounds instead of a Python step per contour and level.
     """
-    depth = np.full(len(parents), -1, np.int64)
-    for i in range(len(parents)):
-        chain = []
-        j = i
-        while j >= 0 and depth[j] < 0:
-            chain.append(j)
-            j = int(parents[j])
-        d = -1 if j < 0 else int(depth[j])
-        for k in reversed(chain):
-            d += 1
-            depth[k] = d
+    anc = np.asarray(parents, np.int64).copy()  # the farthest ancestor looked at so far, -1 = past the top
+    depth = (anc >= 0).astype(np.int64)         # hops from each contour to ``anc``
+    live = np.flatnonzero(anc >= 0)
+    while len(live):
+        up = anc[live]
+        depth[live] += depth[up]  # right-hand sides are read before the writes: one synchronous round
+        anc[live] = anc[up]
+        live = live[anc[live] >= 0]
     return depth
 
 
@@ -129,11 +127,14 @@ def _components(binary: np.ndarray, oy: int, ox: int, cls: int, total: int, min_
     if not contours:
         return
     hier = hierarchy[0]  # [N, 4]: next, previous, first child, parent
-    depth = _contour_depths(hier[:, 3])
-    outer = np.flatnonzero(depth % 2 == 0)
-    # an island is an outer border at depth >= 2; its grandparent is the component around it
-    nested = np.zeros(len(contours), bool)
-    nested[hier[outer[depth[outer] >= 2], 3]] = True  # holes holding islands
+    nested = np.zeros(len(contours), bool)  # holes holding islands
+    if len(contours) == 1 or not (hier[:, 3] >= 0).any():  # no holes: every contour is a component
+        outer = np.arange(len(contours))
+    else:
+        depth = _contour_depths(hier[:, 3])
+        outer = np.flatnonzero(depth % 2 == 0)
+        # an island is an outer border at depth >= 2; its grandparent is the component around it
+        nested[hier[outer[depth[outer] >= 2], 3]] = True
     if len(outer) == 1 and not nested.any():
         if total >= min_area:
             out.append((cls, (oy, ox, oy + binary.shape[0], ox + binary.shape[1]), total, binary != 0))
@@ -244,7 +245,8 @@ COARSE_PIXELS = 1024
 
 
 def _argmax_distance(binary: np.ndarray) -> tuple[int, int]:
-    """(row, col) of the maximum of the exact Euclidean distance transform of ``binary`` [h, w].
+    """(row, col) of the maximum of the exact Euclidean distance transform of ``binary`` [h, w]
+    (bool, or uint8 with non-zero = inside).
 
     The array is padded by one background pixel so its border counts as a border. Ties go to
     the maximal pixel nearest the centroid of all maximal pixels (the middle of a ridge, e.g.
@@ -255,12 +257,14 @@ def _argmax_distance(binary: np.ndarray) -> tuple[int, int]:
     squared distances (``rint(d**2)``, exact for d below ~2000 px).
     """
     h, w = binary.shape
-    padded = np.zeros((h + 2, w + 2), np.uint8)
-    padded[1:-1, 1:-1] = binary
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE).ravel()
-    top = float(dist.max())
-    cand = np.flatnonzero(dist >= top - 1e-4 * max(1.0, top))
-    sq = np.rint(dist[cand].astype(np.float64) ** 2)
+    padded = cv2.copyMakeBorder(binary.view(np.uint8), 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    _, top, _, (c, r) = cv2.minMaxLoc(dist)
+    near = dist >= top - 1e-4 * max(1.0, top)
+    if np.count_nonzero(near) == 1:  # the common case: one maximal pixel, minMaxLoc found it
+        return r - 1, c - 1
+    cand = np.flatnonzero(near)
+    sq = np.rint(dist.ravel()[cand].astype(np.float64) ** 2)
     cand = cand[sq == sq.max()]
     if len(cand) > 1:
         rows, cols = np.divmod(cand, w + 2)
@@ -273,25 +277,27 @@ def _argmax_distance(binary: np.ndarray) -> tuple[int, int]:
 
 
 def _deepest(crop: np.ndarray) -> tuple[int, int]:
-    """The pixel deepest inside the instance: argmax of its distance transform.
+    """The pixel deepest inside the instance ``crop`` [h, w] (bool, or uint8 0/255): argmax of its
+    distance transform.
 
     Exact on crops of fewer than ``4 * COARSE_PIXELS`` pixels. A larger crop is first reduced by
-    the integer factor ``f = min(16, floor(sqrt(pixels / COARSE_PIXELS)))`` to blocks that lie *entirely* inside the instance; the deepest
-    block is found exactly on that grid and its middle pixel returned, so the click is always on
-    the instance and within about ``f`` pixels of the exact argmax, at a fraction of the cost
-    (large stuff regions dominate the run time otherwise). Falls back to the exact transform when
-    no block fits (thin shapes).
+    the integer factor ``f = min(16, floor(sqrt(pixels / COARSE_PIXELS)))`` to blocks that lie
+    *entirely* inside the instance; the deepest block is found exactly on that grid and its middle
+    pixel returned, so the click is always on the instance and within about ``f`` pixels of the
+    exact argmax, at a fraction of the cost (large stuff regions dominate the run time otherwise).
+    Falls back to the exact transform when no block fits (thin shapes).
     """
     h, w = crop.shape
     f = min(16, int(math.sqrt(h * w / COARSE_PIXELS)))
     if f >= 2:
         hh, ww = -(-h // f), -(-w // f)
-        buf = np.zeros((hh * f, ww * f), np.uint8)
-        buf[:h, :w] = crop
-        buf *= 255
+        u8 = crop.view(np.uint8)
+        if crop.dtype == np.bool_:
+            u8 = cv2.compare(u8, 0, cv2.CMP_NE)  # 0/255
+        buf = cv2.copyMakeBorder(u8, 0, hh * f - h, 0, ww * f - w, cv2.BORDER_CONSTANT, value=0)
         # With 0/255 input and f*f < 510 the block mean rounds to 255 only if every pixel is 255.
-        inside = cv2.resize(buf, (ww, hh), interpolation=cv2.INTER_AREA) == 255
-        if inside.any():
+        inside = cv2.compare(cv2.resize(buf, (ww, hh), interpolation=cv2.INTER_AREA), 255, cv2.CMP_EQ)
+        if cv2.countNonZero(inside):
             r, c = _argmax_distance(inside)
             return r * f + f // 2, c * f + f // 2
     return _argmax_distance(crop)

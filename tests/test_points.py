@@ -18,6 +18,7 @@ from pointparse.io import read_label, write_image, write_label_png
 from pointparse.points import (
     CLICK_MODELS,
     MakePointsConfig,
+    _contour_depths,
     find_instances,
     image_rng,
     load_points,
@@ -108,6 +109,22 @@ def test_components_match_scipy_labelling(kind):
             got = sorted((int(c), tuple(int(v) for v in b), int(a), crop.tobytes())
                          for c, b, a, crop in zip(found.classes, found.boxes, found.areas, found.crops))
             assert got == _scipy_components(mask, min_area), (kind, trial, min_area)
+
+
+def test_contour_depths_of_forests_and_deep_chains():
+    # two trees: 0 <- 1 <- 2 and 3 <- 4, 3 <- 5 <- 6 <- 7
+    parents = np.array([-1, 0, 1, -1, 3, 3, 5, 6])
+    assert _contour_depths(parents).tolist() == [0, 1, 2, 0, 1, 1, 2, 3]
+    # a chain 10,000 deep given in scrambled order (concentric rings of a noisy mask)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(10_000)  # order[k] = the contour at depth k
+    chain = np.empty(10_000, np.int64)
+    chain[order[0]] = -1
+    chain[order[1:]] = order[:-1]
+    expected = np.empty(10_000, np.int64)
+    expected[order] = np.arange(10_000)
+    assert (_contour_depths(chain) == expected).all()
+    assert _contour_depths(np.zeros(0, np.int64)).tolist() == []
 
 
 def test_min_area_gives_one_click_per_large_instance_and_none_below():
