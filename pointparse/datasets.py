@@ -391,7 +391,8 @@ class FolderDataset(SegmentationDataset):
         keep = [k for k, n in enumerate(names) if n not in ignored]
         if not keep:
             raise ConfigError(f"ignore_classes {ignored} leaves no class of {root / 'classes.txt'} to learn")
-        self._lut = _lut({old: new for new, old in enumerate(keep)})
+        # no class ignored: ids are already 0..C-1 once validated, so no remapping pass
+        self._lut = _lut({old: new for new, old in enumerate(keep)}) if ignored else None
         self._n_raw = len(names)
         pal = palette or default_palette(len(names))
         info = DatasetInfo(
@@ -435,7 +436,9 @@ class FolderDataset(SegmentationDataset):
         if vals:
             raise DataError(p, f"class id(s) {vals} outside the dataset's {self._n_raw} classes "
                                f"(0..{self._n_raw - 1}, {IGNORE_INDEX} = ignore)")
-        return _apply_lut(raw, self._lut)
+        if self._lut is not None:
+            return _apply_lut(raw, self._lut)
+        return raw if raw.flags.writeable else raw.copy()  # PIL's own array of an "L" PNG is read-only
 
 
 def _as_list(v: str | list[str] | None) -> list[str]:

@@ -495,12 +495,21 @@ def _collect(dataset: SegmentationDataset, config: MakePointsConfig, sparse_dir:
         bar.close()
 
 
-def _relative_image_path(dataset: SegmentationDataset, i: int, root: Path | None) -> str:
-    """The image's path relative to the resolved dataset ``root`` (its name when outside it)."""
+def _relative_image_path(dataset: SegmentationDataset, i: int, root: Path | None, resolved: Path | None) -> str:
+    """The image's path relative to the dataset ``root`` (its name when outside it).
+
+    Readers build image paths from their root, so a lexical comparison settles almost every
+    image; only the others are resolved (``resolved`` = the resolved root), which costs a few
+    system calls per image (~90 us: a fifth of the whole artefact's writing time).
+    """
     p = Path(dataset.image_path(i))
     if root is not None:
         try:
-            return p.resolve().relative_to(root).as_posix()
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            pass
+        try:
+            return p.resolve().relative_to(resolved).as_posix()
         except ValueError:
             pass
     return p.name
@@ -543,18 +552,20 @@ def write_points_artefact(out_dir: Path, dataset: SegmentationDataset, images: l
     info = dataset.info
     coco_images, annotations = [], []
     root = getattr(dataset, "root", None)
-    root = Path(root).resolve() if root is not None else None  # once: resolving is a few syscalls
+    root = Path(root) if root is not None else None
+    resolved = root.resolve() if root is not None else None  # once: resolving is a few syscalls
     for i, p in enumerate(images):
-        coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i, root),
+        coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i, root, resolved),
                             "height": p.height, "width": p.width})
         areas, boxes = getattr(p, "areas", None), getattr(p, "boxes", None)
+        areas = areas.tolist() if areas is not None else None
+        boxes = boxes.tolist() if boxes is not None else None
         for k, ((x, y), c) in enumerate(zip(p.xy.tolist(), p.classes.tolist())):
-            ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(c), "point_coords": [[x, y]],
+            ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": c, "point_coords": [[x, y]],
                    "point_labels": [1]}
             if areas is not None:
-                ann["instance_area"] = int(areas[k])
-            ann.update(bbox=[int(v) for v in boxes[k]] if boxes is not None else [x, y, 1, 1], iscrowd=0,
-                       source=source)
+                ann["instance_area"] = areas[k]
+            ann.update(bbox=boxes[k] if boxes is not None else [x, y, 1, 1], iscrowd=0, source=source)
             annotations.append(ann)
     doc = {
         "info": {**info.to_dict(), **meta, "category_ids": "0-based contiguous class indices",

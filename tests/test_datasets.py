@@ -87,6 +87,7 @@ def test_folder_reads_ids_palette_and_ignore(folder: Path):
     s = ds.load(0)
     assert s.image.shape == (H, W, 3) and s.image.dtype == np.uint8
     assert s.mask.dtype == np.uint8
+    assert s.mask.flags.writeable  # callers may edit it; PIL's own array of an "L" PNG is read-only
     np.testing.assert_array_equal(s.mask, stripes([0, 1, 2, IGNORE_INDEX]))
     assert s.instances is None and not ds.has_instances
     assert len(open_dataset("folder", folder, "val")) == 1
