@@ -36,7 +36,7 @@ from tqdm import tqdm
 from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
 from .io import IMAGE_SUFFIXES, image_size, list_images, read_image, write_image, write_label_png
-from .model import resolve_device  # noqa: F401  (part of this module's API)
+from .model import resolve_device
 from .transforms import normalise
 
 OVERLAY_ALPHA = 0.5
