@@ -75,6 +75,8 @@ class ResNetFeatures(nn.Module):
     """``conv1 .. layer4`` of a torchvision ResNet: ``[B,3,H,W] -> [B,D,ceil(H/os),ceil(W/os)]``.
 
     Attribute names are torchvision's, so its ImageNet state dict minus ``fc.*`` loads strictly.
+    Low-level taps for decoder heads: ``layer1`` (stride 4) and ``layer2`` (stride 8), which
+    never dilate at output stride 8 or 16.
     """
 
     def __init__(self, net: torchvision.models.ResNet, out_channels: int, output_stride: int):
@@ -83,10 +85,18 @@ class ResNetFeatures(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         self.out_channels = out_channels
         self.output_stride = output_stride
+        expansion = out_channels // 512  # 1 (BasicBlock) or 4 (Bottleneck)
+        self.low_level_channels = {4: 64 * expansion, 8: 128 * expansion}
+
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """``(deepest features, {4: [B, c4, H/4, W/4], 8: [B, c8, H/8, W/8]})`` in one pass."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        s4 = self.layer1(x)
+        s8 = self.layer2(s4)
+        return self.layer4(self.layer3(s8)), {4: s4, 8: s8}
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.forward_features(x)[0]
 
 
 def dilate_resnet_stages(net: torchvision.models.ResNet, output_stride: int) -> None:
@@ -166,6 +176,8 @@ def _torchvision_state_dict(name: str) -> Callable[[], dict[str, Tensor]]:
 LITE0_STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
                 (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 LITE0_STEM, LITE0_HEAD = 32, 1280
+# index of the last block at stride 4 (end of the 24-channel stage) and 8 (40-channel stage)
+LITE0_TAPS = {4: 2, 8: 4}
 # TF batch-norm epsilon the weights were trained with (PyTorch's default 1e-5 shifts outputs).
 LITE_BN_EPS = 1e-3
 # The Lite models are trained on (pixel - 127) / 128, not on ImageNet mean/std.
@@ -256,13 +268,24 @@ class EfficientNetLite0Features(nn.Module):
         )
         self._conv_head = nn.Conv2d(in_ch, LITE0_HEAD, 1, bias=False)
         self._bn1 = _bn(LITE0_HEAD)
+        # last block at stride 4 (24 ch) and 8 (40 ch): the low-level taps of decoder heads
+        self._taps = {4: LITE0_TAPS[4], 8: LITE0_TAPS[8]}
+        self.low_level_channels = {s: layers[i][1] for s, i in self._taps.items()}
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> tuple[Tensor, dict[int, Tensor]]:
+        """``(deepest features, {4: [B, 24, H/4, W/4], 8: [B, 40, H/8, W/8]})`` in one pass."""
         x = x * self.input_scale + self.input_shift
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        low = {}
+        at = {i: s for s, i in self._taps.items()}
+        for i, block in enumerate(self._blocks):
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+            if i in at:
+                low[at[i]] = x
+        return F.relu6(self._bn1(self._conv_head(x))), low
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_features(x)[0]
 
 
 def _lite0_state_dict() -> dict[str, Tensor]:
@@ -288,8 +311,9 @@ def _lite0_state_dict() -> dict[str, Tensor]:
 class BackboneSpec:
     """How to build one backbone and get its ImageNet weights.
 
-    ``build(output_stride)`` returns a module with ``out_channels`` and ``output_stride``
-    attributes; ``imagenet()`` returns the ImageNet state dict *including* its classifier, whose
+    ``build(output_stride)`` returns a module with ``out_channels``, ``output_stride`` and
+    ``low_level_channels`` (``{4: c4, 8: c8}``) attributes, ``forward(x)`` (deepest features) and
+    ``forward_features(x) -> (deepest, {4: stride-4 map, 8: stride-8 map})`` for decoder heads; ``imagenet()`` returns the ImageNet state dict *including* its classifier, whose
     keys are ``classifier_keys`` (weight ``[1000, out_channels]`` and bias over global-average-
     pooled features) and are dropped before loading into the backbone.
     """
