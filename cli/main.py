@@ -161,8 +161,10 @@ def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, devi
 
 
 @main.command("cache")
-@click.option("--clear", "clear_stage", default=None, help="Delete one stage's artefacts ('all' for everything).")
+@click.option("--clear", "clear_stage", default=None,
+              help="Delete one stage's artefacts, e.g. train ('all' for every stage). Nothing else is deleted.")
 @cache_option
+@friendly
 def cache_cmd(clear_stage, cache_dir):
     """Show the cache root and its size per stage, or clear it."""
     cache = StageCache(cache_dir)

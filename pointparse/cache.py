@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -28,11 +29,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, unknown_choice
 
 CACHE_ENV = "POINTPARSE_CACHE"
 DEFAULT_CACHE_DIR = ".pointparse-cache"
 MANIFEST = "manifest.json"
+# Every stage the package writes; `cache --clear NAME` accepts these (and any other folder of the
+# root laid out as a stage), so a typo lists them instead of silently removing nothing.
+KNOWN_STAGES = ("scenes", "make-points", "import-clicks", "train", "evaluate", "extension-row",
+                "extension-labels", "ablation-evaluate", "ablate-extension", "report")
+_SHARD = re.compile(r"[0-9a-f]{2}")
+# an artefact, its .partial, .<key>.<pid>.tmp, .<key>.old-<pid> or .<key>.lock
+_ENTRY = re.compile(r"\.?[0-9a-f]{64}(\..+)?")
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -211,14 +219,49 @@ class StageCache:
                 raise ConfigError(f"artefact key prefix {ref!r} is ambiguous: {', '.join(h.name[:12] for h in hits)}")
         raise DataError(p, f"no such artefact folder or cache key under {self.root}")
 
+    def stages(self) -> list[str]:
+        """Stage names that ``clear`` accepts: the package's stages and any stage-shaped folder here."""
+        here = [d.name for d in self.root.iterdir() if _is_stage_folder(d)] if self.root.is_dir() else []
+        return sorted(set(KNOWN_STAGES) | set(here))
+
     def clear(self, stage: str | None = None) -> int:
-        """Delete cached artefacts (of one stage, or all); returns the number of folders removed."""
-        target = self.root / stage if stage else self.root
-        if not target.exists():
-            return 0
-        n = sum(1 for _ in target.glob("*/*/" + MANIFEST)) if stage else sum(1 for _ in target.glob("*/*/*/" + MANIFEST))
-        shutil.rmtree(target)
+        """Delete cached artefacts (of one stage, or all); returns the number of artefacts removed.
+
+        Only folders laid out as stage folders (``<2 hex>/<64-hex key>...``) directly under the root
+        are deleted, so a wrong ``--cache-dir`` or stage name can never remove anything else.
+        """
+        if stage is None:
+            targets = ([d for d in self.root.iterdir() if _is_stage_folder(d, d.name in KNOWN_STAGES)]
+                       if self.root.is_dir() else [])
+        else:
+            valid = self.stages()
+            if stage not in valid:
+                raise unknown_choice("cache stage", stage, [*valid, "all"])
+            target = self.root / stage
+            if not target.exists():
+                return 0
+            if not _is_stage_folder(target, allow_empty=True):
+                raise DataError(target, "does not look like a pointparse cache stage folder "
+                                        "(expected only <2 hex>/<key> folders in it); not deleting it")
+            targets = [target]
+        n = 0
+        for target in targets:
+            n += sum(1 for _ in target.glob("*/*/" + MANIFEST))
+            shutil.rmtree(target)
         return n
+
+
+def _is_stage_folder(path: Path, allow_empty: bool = False) -> bool:
+    """A folder whose entries are all ``<2 hex>`` shard folders holding only cache entries."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    shards = list(path.iterdir())
+    for shard in shards:
+        if not (_SHARD.fullmatch(shard.name) and shard.is_dir() and not shard.is_symlink()):
+            return False
+        if not all(_ENTRY.fullmatch(e.name) for e in shard.iterdir()):
+            return False
+    return bool(shards) or allow_empty
 
 
 def _read_manifest(path: Path) -> dict:

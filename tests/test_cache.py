@@ -118,3 +118,40 @@ def test_find_by_key_prefix_and_folder(tmp_path):
         cache.find("deadbeef00")
     with pytest.raises(DataError, match="not a finished"):
         cache.find(str(tmp_path))
+
+
+def test_clear_removes_only_stage_folders_under_the_root(tmp_path):
+    """`cache --clear` with a path, '..' or a typo deletes nothing and says why (issue 15, item 1)."""
+    from click.testing import CliRunner
+
+    from pointparse.cli.main import main
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "precious.txt").write_text("keep me")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "data.txt").write_text("keep me too")
+    cache = work / "cache"
+    r = StageCache(cache).run("train", 1, {}, {}, lambda d: (d / "m.pt").write_text("w") and None)
+    runner = CliRunner()
+    for bad in ("..", str(outside), "../outside", "trian", "", "train/..", "/"):
+        res = runner.invoke(main, ["cache", "--clear", bad, "--cache-dir", str(cache)])
+        if bad == "":  # click treats it as not given: a listing
+            continue
+        assert res.exit_code != 0 and "Traceback" not in res.output, (bad, res.output)
+        assert "valid choices" in res.output and "train" in res.output, (bad, res.output)
+    assert (work / "precious.txt").read_text() == "keep me" and (outside / "data.txt").exists()
+    assert (r.path / "m.pt").exists()
+    # a cache root that holds something else: `--clear all` removes only stage-shaped folders
+    (cache / "notes").mkdir()
+    (cache / "notes" / "n.txt").write_text("x")
+    (cache / "train2").mkdir()  # not a known stage and not stage-shaped: never a valid name
+    res = runner.invoke(main, ["cache", "--clear", "all", "--cache-dir", str(cache)])
+    assert res.exit_code == 0 and "removed 1 artefact" in res.output
+    assert not (cache / "train").exists() and (cache / "notes" / "n.txt").exists() and (cache / "train2").is_dir()
+    # a known stage name whose folder holds other things is refused in one line
+    (cache / "report").mkdir()
+    (cache / "report" / "mine.txt").write_text("x")
+    res = runner.invoke(main, ["cache", "--clear", "report", "--cache-dir", str(cache)])
+    assert res.exit_code != 0 and "does not look like" in res.output and (cache / "report" / "mine.txt").exists()
