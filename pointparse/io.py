@@ -81,11 +81,33 @@ def read_rgb_label(path: str | Path) -> np.ndarray:
     return np.asarray(img)
 
 
+#: Colour of ignore (255) pixels in figures and palette PNGs: the PASCAL VOC colour map's entry 255
+#: (VOC's own void colour). No class gets it: see :func:`ignore_colour`.
+IGNORE_COLOUR = (224, 224, 192)
+
+
+def ignore_colour(palette=None) -> tuple[int, int, int]:
+    """The colour to show ignore (255) pixels with, next to the class colours ``palette`` [C, 3].
+
+    :data:`IGNORE_COLOUR` unless one of the classes (``palette[:255]``) has that colour; then the
+    first grey ``(v, v, v)``, v = 255 down to 0, no class has (255 classes cannot use all 256), so
+    ignore never looks like a class in a figure or a label PNG.
+    """
+    if palette is None or len(palette) == 0:
+        return IGNORE_COLOUR
+    used = {tuple(int(v) for v in c) for c in np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:255]}
+    for colour in (IGNORE_COLOUR, *((v, v, v) for v in range(255, -1, -1))):
+        if colour not in used:
+            return colour
+    raise AssertionError("unreachable: at most 255 class colours")
+
+
 def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
     """Write a uint8 class-id map [H, W] atomically, as a palette PNG when a palette is given.
 
     A palette PNG shows colours in any viewer yet still decodes to the raw ids, which answers the
-    common "my label PNGs look black" complaint.
+    common "my label PNGs look black" complaint. Entries ``0..C-1`` are the class colours
+    (``palette[:255]``); entry 255 (ignore) is always :func:`ignore_colour` of them.
     """
     label = np.asarray(label)
     if label.dtype != np.uint8:
@@ -94,8 +116,10 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | N
         label = label.astype(np.uint8)
     img = Image.fromarray(label, mode="L")
     if palette is not None:
+        classes = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:255]
         pal = np.zeros((256, 3), dtype=np.uint8)
-        pal[: len(palette)] = np.asarray(palette, dtype=np.uint8)[:256]
+        pal[: len(classes)] = classes
+        pal[255] = ignore_colour(classes)
         img = img.convert("P")
         img.putpalette(pal.reshape(-1).tolist())
     with atomic_file(path) as tmp:

@@ -24,12 +24,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from . import IGNORE_INDEX
-from .io import atomic_file
+from .io import IGNORE_COLOUR, atomic_file, ignore_colour  # noqa: F401 (IGNORE_COLOUR: kept importable here)
 
 DPI = 110
 #: classes per row of the per-class bar chart; ADE20K's 150 classes wrap onto several rows
 CLASSES_PER_ROW = 30
-IGNORE_COLOUR = (0, 0, 0)
 
 
 def run_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
@@ -202,10 +201,11 @@ def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int =
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """uint8 [H, W, 3] colours of a class-id map [H, W]; 255 (ignore) and unknown ids are black."""
-    lut = np.zeros((256, 3), np.uint8)
-    lut[:] = IGNORE_COLOUR
+    """uint8 [H, W, 3] colours of a class-id map [H, W]; 255 (ignore) and ids beyond the palette get
+    :func:`~pointparse.io.ignore_colour` (VOC's void colour (224, 224, 192), never a class's)."""
     pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:] = ignore_colour(pal)
     lut[: len(pal)] = pal
     return lut[np.asarray(label).astype(np.int64).clip(0, 255)]
 
@@ -285,7 +285,8 @@ def qualitative_grid(samples: Sequence[dict], runs: Sequence[str], classes: Sequ
             axes[0, j].set_title(_wrap(header, 22), fontsize=12)
     handles = [Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c]) for c in shown]
     if IGNORE_INDEX in present:
-        handles.append(Patch(facecolor=np.asarray(IGNORE_COLOUR) / 255.0, edgecolor="0.3", label="ignore (255)"))
+        handles.append(Patch(facecolor=np.asarray(ignore_colour(palette)) / 255.0, edgecolor="0.3",
+                             label="ignore (255)"))
     fig.legend(handles=handles, loc="outside lower center", ncol=max(ncol, 1), fontsize=10, frameon=False)
     if title:
         fig.suptitle(title, fontsize=13)

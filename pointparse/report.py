@@ -617,7 +617,7 @@ def _make_figures(runs: list[RunData], out: Path, ext_table, qualitative_images:
             samples, names, (info, title) = _qualitative_samples(runs, qualitative_images, dataset, cache, device)
             plots.qualitative_grid(samples, names, info.classes, info.palette, out / "qualitative.png", title)
             figs.append(("qualitative.png", "Image, ground truth and each run's prediction (paper Figures 5–6); "
-                                            "black = ignored (255)."))
+                                            "pale beige = ignored (255)."))
         else:
             skipped["qualitative.png"] = "no run has a model.pt"
     else:
