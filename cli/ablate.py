@@ -56,7 +56,7 @@ def _split_list(values, cast, what: str) -> tuple | None:
 @click.option("--train-workers", default=None, type=int,
               help="DataLoader processes for training (default: 0 on CPU, up to 4 per GPU).")
 @click.option("--out", "out_dir", default=None, type=click.Path(file_okay=False),
-              help="Also copy the table folder here.")
+              help="Also copy the table folder here (new, empty, or an earlier ablate-extension --out; replaced).")
 @cache_option
 @force_option
 @content_option
@@ -75,8 +75,11 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
     """
     from pointparse.ablation import AblationConfig, AblationTrainConfig, copy_table, run_ablation
     from pointparse.cache import StageCache
+    from pointparse.io import check_out_dir
     from pointparse.stages import DatasetSpec
 
+    if out_dir:  # refuse before any work, not after it
+        check_out_dir(out_dir, "ablate-extension", stage="ablate-extension")
     cfg = AblationConfig(methods=_split_list(methods, str, "--methods"),
                          thresholds=_split_list(thresholds, float, "--thresholds"), region=region,
                          kmeans_features=kmeans_features, limit=limit, examples=examples, workers=workers,

@@ -42,7 +42,7 @@ def parse_runs(items) -> dict[str, str]:
 @click.option("--extension", "extension_ref", default=None, metavar="REF",
               help="An ablate-extension artefact (folder or key) or its extension_table.csv, for Table 5.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
-              help="Also copy the report into this folder (replacing it).")
+              help="Also copy the report into this folder (new, empty, or an earlier report --out; replaced).")
 @click.option("--qualitative-images", default=4, show_default=True, type=int,
               help="Images in the qualitative grid (0 = no grid).")
 @click.option("--dataset", "kind", default=None,
@@ -64,6 +64,10 @@ def report_cmd(run_items, all_runs, extension_ref, out_dir, qualitative_images, 
     from pointparse.report import discover_runs, format_summary, run_report
     from pointparse.stages import DatasetSpec
 
+    from pointparse.io import atomic_out_dir, check_out_dir
+
+    if out_dir:  # refuse before any work, not after it
+        check_out_dir(out_dir, "report", stage="report")
     cache = StageCache(cache_dir)
     runs = parse_runs(run_items)
     if all_runs:
@@ -79,9 +83,7 @@ def report_cmd(run_items, all_runs, extension_ref, out_dir, qualitative_images, 
     echo_result(res, "report")
     where = res.path
     if out_dir:
-        from pointparse.io import atomic_dir
-
-        with atomic_dir(out_dir) as tmp:
+        with atomic_out_dir(out_dir, "report", stage="report") as tmp:
             shutil.copytree(res.path, tmp, dirs_exist_ok=True)
         where = Path(out_dir)
         click.echo(f"  copied to {where}")

@@ -61,7 +61,7 @@ from .cache import StageCache, StageResult, fingerprint_files, stage_key
 from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
-from .io import atomic_dir, atomic_file, read_json, write_image, write_json, write_label_png
+from .io import atomic_dir, atomic_out_dir, atomic_file, read_json, write_image, write_json, write_label_png
 from .model import resolve_device
 from .pool import fork_pool, one_thread
 
@@ -1069,9 +1069,10 @@ def format_table(frame) -> str:
 
 
 def copy_table(result: AblationResult, out: str | Path) -> Path:
-    """Copy the table artefact's files into folder ``out`` (replaced atomically)."""
+    """Copy the table artefact's files into folder ``out`` (replaced atomically; only a new or empty
+    folder or an earlier copy is replaced, see :func:`pointparse.io.check_out_dir`)."""
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with atomic_out_dir(out, "ablate-extension", stage="ablate-extension") as tmp:
         for p in result.table.path.iterdir():
             if p.is_dir():
                 shutil.copytree(p, tmp / p.name)

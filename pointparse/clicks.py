@@ -60,7 +60,7 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import DataError, unknown_choice
-from .io import atomic_dir, atomic_file, read_json, read_label, write_json, write_label_png
+from .io import atomic_file, atomic_out_dir, check_out_dir, read_json, read_label, write_json, write_label_png
 from .points import PointSet, load_points, write_points_artefact
 
 IMPORT_STAGE = "import-clicks"
@@ -499,7 +499,7 @@ def write_text(view: ExportView, out: Path) -> None:
 def write_sparse_png(view: ExportView, out: Path) -> None:
     """A folder of ``<name>.png`` palette PNGs: the class at each click, 255 elsewhere."""
     palette = np.asarray(view.info.palette, np.uint8)
-    with atomic_dir(out) as tmp:
+    with atomic_out_dir(out, "export-points") as tmp:
         for name in view.names:
             write_label_png(tmp / f"{name}.png", view.points.label_map(name), palette=palette)
 
@@ -814,10 +814,8 @@ def export_points(points_dir: str | Path, fmt: str, out_path: str | Path) -> Pat
     out_path = Path(out_path)
     if not spec.folder and out_path.is_dir():
         raise DataError(out_path, f"format {fmt!r} writes a file, but this is a folder")
-    if spec.folder and out_path.exists():
-        # the folder is replaced as a whole (no stale maps), so never one holding anything else
-        if not out_path.is_dir() or any(p.suffix.lower() != ".png" for p in out_path.iterdir()):
-            raise DataError(out_path, f"format {fmt!r} writes a folder of label maps; this path exists and holds "
-                                      "other files: choose a new or empty folder")
+    if spec.folder:
+        # the folder is replaced as a whole (no stale maps), so only a new, empty or earlier export
+        check_out_dir(out_path, "export-points")
     spec.write(export_view(points_dir), out_path)
     return out_path

@@ -175,6 +175,50 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+OUT_MARKER = ".pointparse-out.json"
+
+
+def check_out_dir(path: str | Path, command: str, stage: str | None = None) -> Path:
+    """Refuse an ``--out`` folder that a command would replace unless it is new, empty, or an
+    earlier output of the same ``command`` (its marker file says so; for outputs written before
+    the marker existed, a copied ``manifest.json`` of ``stage``). Call it before doing any work."""
+    path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return path
+    if not path.is_dir():
+        raise DataError(path, f"--out of {command} must be a folder; this path exists and is not one")
+    if not any(path.iterdir()) or _out_owner(path, stage) == command:
+        return path
+    raise DataError(path, f"--out: this folder is not empty and is not an earlier output of {command}; "
+                          "its files would be replaced, so choose a new or empty folder")
+
+
+def _out_owner(path: Path, stage: str | None) -> str | None:
+    """The command named by ``path``'s marker (or by a copied manifest of ``stage``), else None."""
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+        return str(json.loads((path / OUT_MARKER).read_text(encoding="utf-8"))["command"])
+    if stage is not None:
+        with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
+            if json.loads((path / "manifest.json").read_text(encoding="utf-8"))["stage"] == stage:
+                return stage
+    return None
+
+
+def mark_out_dir(path: str | Path, command: str) -> None:
+    """Write the marker that lets ``command`` replace this ``--out`` folder next time."""
+    write_json(Path(path) / OUT_MARKER, {"command": command})
+
+
+@contextlib.contextmanager
+def atomic_out_dir(path: str | Path, command: str, stage: str | None = None) -> Iterator[Path]:
+    """:func:`atomic_dir` for an ``--out`` folder: checked by :func:`check_out_dir` first and
+    marked as ``command``'s output, so only that command ever replaces it."""
+    check_out_dir(path, command, stage)
+    with atomic_dir(path) as tmp:
+        yield tmp
+        mark_out_dir(tmp, command)
+
+
 def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
     """Write JSON atomically with sorted keys (byte-identical output for identical input)."""
     text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False)

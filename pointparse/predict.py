@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
-from .io import IMAGE_SUFFIXES, image_size, list_images, read_image, write_image, write_label_png
+from .io import (IMAGE_SUFFIXES, check_out_dir, image_size, list_images, mark_out_dir, read_image, write_image,
+                 write_label_png)
 from .model import resolve_device
 from .transforms import normalise
 
@@ -215,6 +216,7 @@ def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out_dir: str |
 
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    out_dir = check_out_dir(out_dir, "predict")  # its files would be overwritten: refuse before any work
     scales = parse_scales(scales)
     dev = resolve_device(device)
     if amp not in ("auto", "off", "bf16", "fp16"):
@@ -227,8 +229,8 @@ def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out_dir: str |
     result = PredictResult(failures=list(failures))
     for p, problem in failures:
         tqdm.write(f"skipped {p}: {problem}")
-    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    mark_out_dir(out_dir, "predict")
     loaded.net.to(memory_format=torch.channels_last)  # faster on CUDA and CPU alike (see evaluate_model)
 
     def fail(p: Path, problem: str) -> None:

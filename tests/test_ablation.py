@@ -340,3 +340,27 @@ def test_split_without_dense_ground_truth_is_refused(cache, val_points, checkpoi
     res = CliRunner().invoke(ablate_extension_cmd, [str(checkpoint), "--points", str(val_points), "--dataset", "folder",
                                                     "--root", str(root), "--cache-dir", str(cache.root)])
     assert res.exit_code == 1 and "has no dense ground truth" in res.output and "Traceback" not in res.output
+
+
+def test_copy_table_never_replaces_a_folder_it_did_not_write(tmp_path):
+    """`ablate-extension --out DIR` on someone's non-empty folder is refused; an earlier copy is
+    replaced (issue 15, item 2)."""
+    from types import SimpleNamespace
+
+    from pointparse.ablation import copy_table
+    from pointparse.errors import DataError
+
+    table = tmp_path / "table"
+    table.mkdir()
+    (table / "extension_table.csv").write_text("method\nregion\n")
+    (table / "manifest.json").write_text(json.dumps({"stage": "ablate-extension"}))
+    res = SimpleNamespace(table=SimpleNamespace(path=table))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(DataError, match="not an earlier output of ablate-extension"):
+        copy_table(res, mine)
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    copy_table(res, tmp_path / "out")
+    copy_table(res, tmp_path / "out")
+    assert (tmp_path / "out" / "extension_table.csv").is_file()

@@ -128,8 +128,23 @@ def test_sparse_png_export_is_a_palette_label_map(ds, tmp_path):
     assert img.getpalette()[3:6] == [128, 0, 0]  # class 1 "thing"
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("mine")
-    with pytest.raises(DataError, match="holds other files"):
+    with pytest.raises(DataError, match="not an earlier output of export-points"):
         export_points(original, "sparse-png", tmp_path / "other")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_sparse_png_export_never_replaces_a_folder_it_did_not_write(ds, tmp_path):
+    """A folder of someone's own PNGs is refused; an earlier export is replaced (issue 15, item 2)."""
+    original = _import(_text_file(tmp_path / "clicks.txt"), "text", ds, tmp_path / "a")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(photos / "holiday.png")
+    with pytest.raises(DataError, match="not an earlier output"):
+        export_points(original, "sparse-png", photos)
+    assert sorted(p.name for p in photos.iterdir()) == ["holiday.png"]
+    export_points(original, "sparse-png", tmp_path / "sparse")
+    export_points(original, "sparse-png", tmp_path / "sparse")  # an earlier export: replaced
+    assert (tmp_path / "sparse" / "im0.png").is_file()
 
 
 def test_label_studio_real_export_shape(ds, tmp_path):

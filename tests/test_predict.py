@@ -149,6 +149,20 @@ def test_cli_predict_exit_codes(checkpoint, inputs, tmp_path):
     assert (tmp_path / "o2" / "b.png").is_file()  # the good inputs were still predicted
 
 
+def test_predict_out_never_overwrites_files_it_did_not_write(checkpoint, inputs, tmp_path):
+    """`predict IMAGES --out IMAGES` would overwrite a.png with its label map: refused in one line
+    (issue 15, item 2); an earlier predict --out is reused."""
+    before = (inputs / "a.png").read_bytes()
+    res = CliRunner().invoke(predict_cmd, [str(checkpoint), str(inputs / "a.png"), "--out", str(inputs),
+                                           "--device", "cpu", "-q"])
+    assert res.exit_code != 0 and "not an earlier output of predict" in res.output
+    assert (inputs / "a.png").read_bytes() == before
+    for _ in range(2):
+        ok = CliRunner().invoke(predict_cmd, [str(checkpoint), str(inputs / "a.png"), "--out", str(tmp_path / "o"),
+                                              "--device", "cpu", "-q"])
+        assert ok.exit_code == 0, ok.output
+
+
 class _RunsCode:
     """A pickled object whose unpickling would run a shell command (the classic pickle exploit)."""
 

@@ -327,3 +327,23 @@ def test_table4_gains_a_weight_column_only_when_runs_differ_in_it(tmp_path):
     hyper = pd.read_csv(build_report(runs, tmp_path / "r2", qualitative_images=0,
                                      cache=StageCache(tmp_path / "cache")) / "hyperparameters.csv")
     assert "pdml_weight" not in hyper.columns
+
+
+def test_out_never_replaces_a_folder_report_did_not_write(tmp_path):
+    """`report --out DIR` on someone's non-empty folder is refused in one line before any work, and
+    an earlier report --out is replaced (issue 15, item 2)."""
+    cache = StageCache(tmp_path / "cache")
+    run = _write_train(tmp_path / "runs" / "a", "a" * 64, CM_FULL, None, supervision="full", pdml=False)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    args = ["--run", f"full={run}", "--qualitative-images", "0", "--cache-dir", str(cache.root), "--out"]
+    res = CliRunner().invoke(report_cmd, [*args, str(mine)])
+    assert res.exit_code != 0 and "not an earlier output of report" in res.output and "Traceback" not in res.output
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    assert not (cache.root / "report").exists()  # refused before the report was computed
+    out = tmp_path / "out"
+    for _ in range(2):  # new, then an earlier output of report: replaced
+        res = CliRunner().invoke(report_cmd, [*args, str(out)])
+        assert res.exit_code == 0, res.output
+        assert (out / "index.html").is_file()
