@@ -61,7 +61,8 @@ from .cache import StageCache, StageResult, fingerprint_files, stage_key
 from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
-from .io import atomic_dir, atomic_out_dir, atomic_file, read_json, write_image, write_json, write_label_png
+from .io import (atomic_file, atomic_out_dir, read_json, safe_name, write_image, write_json,
+                 write_label_png)
 from .model import resolve_device
 from .pool import fork_pool, one_thread
 
@@ -768,7 +769,8 @@ def extension_row(dataset: SegmentationDataset, points, row: AblationRow, cfg: A
         for k, v in info.items():
             infos[k].append(v)
         if i < cfg.examples:
-            write_image(out_dir / "examples" / f"{sample.name}.png",
+            name = safe_name(sample.name, dataset.image_path(i))  # names come from files: untrusted
+            write_image(out_dir / "examples" / f"{name}.png",
                         overlay(sample.image, labels, cmap, dataset.info.palette))
     elapsed = time.perf_counter() - t0
     doc = {"row": dataclasses.asdict(row), "label": row.label, "images": len(dataset),
@@ -813,8 +815,9 @@ def write_offline_labels(dataset: SegmentationDataset, points, row: AblationRow,
     for i, sample, cmap, labels, _ in iter_extended(dataset, points.label_map, row, kmeans_features, network,
                                                     workers, with_mask=False, progress=progress):
         src = Path(dataset.image_path(i))
-        shutil.copyfile(src, img_dir / f"{sample.name}{src.suffix.lower()}")
-        write_label_png(mask_dir / f"{sample.name}.png", labels, palette=pal)
+        name = safe_name(sample.name, src)  # names come from files: untrusted
+        shutil.copyfile(src, img_dir / f"{name}{src.suffix.lower()}")
+        write_label_png(mask_dir / f"{name}.png", labels, palette=pal)
         labelled += int(np.count_nonzero(labels != IGNORE_INDEX))
         new += int(np.count_nonzero((labels != IGNORE_INDEX) & (cmap == IGNORE_INDEX)))
     return {"images": len(dataset), "new_pixels_per_image": new / max(len(dataset), 1),

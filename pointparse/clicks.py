@@ -60,7 +60,8 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import DataError, unknown_choice
-from .io import atomic_file, atomic_out_dir, check_out_dir, read_json, read_label, write_json, write_label_png
+from .io import (atomic_file, atomic_out_dir, check_out_dir, read_json, read_label, safe_name, write_json,
+                 write_label_png)
 from .points import PointSet, load_points, write_points_artefact
 
 IMPORT_STAGE = "import-clicks"
@@ -499,8 +500,9 @@ def write_text(view: ExportView, out: Path) -> None:
 def write_sparse_png(view: ExportView, out: Path) -> None:
     """A folder of ``<name>.png`` palette PNGs: the class at each click, 255 elsewhere."""
     palette = np.asarray(view.info.palette, np.uint8)
+    names = [safe_name(name, view.points.path) for name in view.names]  # names come from a file: untrusted
     with atomic_out_dir(out, "export-points") as tmp:
-        for name in view.names:
+        for name in names:
             write_label_png(tmp / f"{name}.png", view.points.label_map(name), palette=palette)
 
 

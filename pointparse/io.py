@@ -175,6 +175,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def safe_name(name: str, source: str | Path) -> str:
+    """``name`` if it can be used as one file name inside an output folder, else a DataError naming
+    ``source`` (the file it came from): no separators, no ``.``/``..``, nothing absolute, so a
+    crafted name can never write outside the folder."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name
+            or "\0" in name or os.path.isabs(name)):
+        raise DataError(source, f"image name {name!r} is not a plain file name (it would be written outside "
+                                "the output folder); rename the image")
+    return name
+
+
 OUT_MARKER = ".pointparse-out.json"
 
 

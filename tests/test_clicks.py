@@ -341,3 +341,28 @@ def test_training_on_imported_clicks(tmp_path):
     row = json.loads((res.path / "epochs.jsonl").read_text().splitlines()[0])
     assert np.isfinite(row["loss"]) and row["triples_per_step"] > 0
     assert res.manifest["inputs"]["points"] == imported.key
+
+
+@pytest.mark.parametrize("evil", ["../../escaped", "/tmp/pointparse-escaped-abs", "..", "a/b"])
+def test_sparse_png_export_refuses_names_that_leave_the_folder(ds, tmp_path, evil):
+    """A crafted image name in points.json never becomes a path outside --out (issue 15, item 3)."""
+    original = _import(_text_file(tmp_path / "clicks.txt"), "text", ds, tmp_path / "a")
+    doc = json.loads((original / "points.json").read_text())
+    doc["images"][0]["name"] = evil
+    doc["images"][0]["file_name"] = evil + ".png"
+    (original / "points.json").write_text(json.dumps(doc))
+    out = tmp_path / "deep" / "er" / "out"
+    out.parent.mkdir(parents=True)
+    before = set(tmp_path.rglob("*"))
+    res = CliRunner().invoke(export_points_cmd, [str(original), "--format", "sparse-png", "--out", str(out)])
+    assert res.exit_code != 0 and "not a plain file name" in res.output and "Traceback" not in res.output
+    assert set(tmp_path.rglob("*")) == before and not Path("/tmp/pointparse-escaped-abs.png").exists()
+
+
+def test_safe_name_accepts_plain_names_only():
+    from pointparse.io import safe_name
+
+    assert safe_name("2008_000002", "x.json") == "2008_000002" and safe_name("a..b c", "x") == "a..b c"
+    for bad in ("", ".", "..", "../x", "a/b", "a\\b", "/abs", "a\0b"):
+        with pytest.raises(DataError, match="not a plain file name"):
+            safe_name(bad, "x.json")
