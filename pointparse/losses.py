@@ -13,6 +13,31 @@ triple costs::
 
 and the loss is the mean of ``L_t`` over all triples of the batch (0 when there are none).
 
+Variants (registry :data:`PDML_VARIANTS`, ``pdml_loss(variant=...)``; ``paper`` is the default).
+The paper's loss is positively homogeneous in the embedding scale apart from the margin: with
+every embedding multiplied by ``s``, an active triple costs ``s·(α·d+ + β·(d+ − d−)) + β·m``,
+whose derivative in ``s`` is ``α·d+ + β·(d+ − d−)`` — positive, so shrinking *every* embedding
+lowers the loss, whenever ``d− < (1 + α/β)·d+`` (1.8·d+ at the paper's weights). Pretrained
+features start near ``d− ≈ 1.04·d+``, so the steepest way down is a global shrink (README
+Results). The variants remove that incentive:
+
+* ``relative``: distances divided by ``s̄``, the mean distance over all pairs of labelled points
+  of the batch, *with* its gradient. Every ``d/s̄`` is homogeneous of degree 0, so the loss is
+  exactly scale-invariant and (Euler) its gradient is orthogonal to the scale direction:
+  ``Σ_k x_k·∂L/∂x_k = 0``. No step of gradient descent changes the scale to first order. The
+  margin is in units of the mean pair distance (default 0.5).
+* ``relative-detached``: the same with ``s̄`` detached (a relative margin ``m·s̄``, the literal
+  reading of "distances relative to the batch's detached mean"). Kept because it is the natural
+  first guess and it does *not* remove the incentive: with ``s̄`` held constant the scale
+  derivative is ``(α·d+ + β·(d+ − d−))/s̄``, the paper's sign, and as the embeddings shrink
+  ``s̄`` follows a step later, so the relative step size grows. Measured beside the others.
+* ``normalized``: embeddings L2-normalised before the distances (margin on the unit sphere,
+  default 0.5; random high-dimensional directions are ~1.41 apart). The norm is fixed, so there
+  is no scale to shrink; the minimum needs ``d− ≥ d+ + m`` between classes.
+
+At ``s̄ = 1`` (and margin ``m``) ``relative`` and ``relative-detached`` equal ``paper`` exactly;
+``normalized`` equals ``paper`` on unit-norm embeddings.
+
 The random order is defined by one key matrix ``keys = torch.rand(N, N, generator=generator)``:
 for anchor ``i`` the candidates ``j`` are taken in ascending ``keys[i, j]`` (ties by index), so
 every (anchor, image) pair gets its own independent uniformly random order. The vectorised
@@ -55,13 +80,17 @@ _DIST_EPS = 1e-12
 # --------------------------------------------------------------------------------------------
 
 
-def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2: mean cross-entropy over each image's labelled pixels, then mean over images.
 
     Args:
         logits: [B, C, H, W] raw scores (any float dtype; computed in float32).
         labels: [B, H, W] int64 class ids, ``ignore_index`` where unlabelled.
 
+    ``class_weights`` [C] (optional) multiplies each pixel's CE by its class's weight; the
+    per-image mean still divides by the pixel count, so weights averaging 1 over the clicks keep
+    the loss's scale (see :func:`click_class_weights`).
     Images without any labelled pixel are left out of the mean over images (they would
     otherwise pull it towards 0). With no labelled pixel at all the result is a zero that is
     still connected to ``logits`` (so ``backward`` works and gives zero gradients).
@@ -75,6 +104,8 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     sel = logits.permute(0, 2, 3, 1)[valid].float()  # [P, C]
     target = labels[valid].long()
     ce = F.cross_entropy(sel, target, reduction="none")  # [P]
+    if class_weights is not None:
+        ce = ce * class_weights.to(ce.device, ce.dtype)[target]
     image_of = torch.arange(b, device=logits.device).view(b, 1, 1).expand_as(labels)[valid]
     per_image = torch.zeros(b, device=logits.device, dtype=ce.dtype).index_add(0, image_of, ce)
     counts = valid.flatten(1).sum(1)
@@ -238,6 +269,18 @@ def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(_DIST_EPS).sqrt()
 
 
+#: variant -> default margin (the paper's m = 20 is in feature units; the others are relative).
+PDML_VARIANTS: dict[str, float] = {"paper": 20.0, "relative": 0.5, "relative-detached": 0.5, "normalized": 0.5}
+
+
+def _mean_pair_distance(dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of ``dist`` over the pairs i < j of labelled points (the scale of the batch)."""
+    ok = (labels >= 0) & (labels != IGNORE_INDEX)
+    pair = ok[:, None] & ok[None, :]
+    pair = torch.triu(pair, diagonal=1)
+    return (dist * pair).sum() / pair.sum().clamp(min=1)
+
+
 def _check_weights(alpha: float, beta: float, margin: float) -> None:
     for name, v in (("alpha", alpha), ("beta", beta), ("margin", margin)):
         if not (float(v) >= 0.0):
@@ -266,6 +309,7 @@ def pdml_loss(
     margin: float = 20.0,
     generator: torch.Generator | None = None,
     groups: torch.Tensor | None = None,
+    variant: str = "paper",
 ) -> tuple[torch.Tensor, PDMLStats]:
     """PDML loss (Eq. 3-5) over Algorithm 1's cross-image triples, fully vectorised.
 
@@ -279,12 +323,18 @@ def pdml_loss(
         generator: seeds the random pairing order (see module docstring); ``None`` uses the
             global RNG of the embeddings' device.
         groups: optional [N] subgroup ids (the paper's ``s``): points pair only within a group.
+        variant: one of :data:`PDML_VARIANTS` (module docstring); ``margin`` is in its units.
 
     Returns:
         ``(loss, stats)``: 0-d mean of ``L_t`` over all triples (a zero connected to
-        ``embeddings`` when there are none), and :class:`PDMLStats`.
+        ``embeddings`` when there are none), and :class:`PDMLStats`. The stats' distances are
+        the raw feature distances for every variant (what Figure 4 plots), not the rescaled ones.
     """
     _check_weights(alpha, beta, margin)
+    if variant not in PDML_VARIANTS:
+        from .errors import unknown_choice
+
+        raise unknown_choice("PDML variant", variant, PDML_VARIANTS)
     if embeddings.dim() != 2:
         raise ValueError(f"pdml_loss expects embeddings [N, D]; got {tuple(embeddings.shape)}")
     _check_points(labels, image_ids, groups, embeddings.shape[0])
@@ -297,12 +347,20 @@ def pdml_loss(
         if anchor.numel() == 0:
             zero = x.sum() * 0.0
             return zero, _stats(zero.new_zeros(0), zero.new_zeros(0), zero.new_zeros(0))
-        dist = _pairwise_distance(x)
+        raw = _pairwise_distance(x)
+        if variant == "normalized":
+            dist = _pairwise_distance(F.normalize(x, dim=1))
+        elif variant == "relative":
+            dist = raw / _mean_pair_distance(raw, labels).clamp_min(_DIST_EPS)
+        elif variant == "relative-detached":
+            dist = raw / _mean_pair_distance(raw, labels).detach().clamp_min(_DIST_EPS)
+        else:
+            dist = raw
         d_ap = dist[anchor, pos]
         d_an = dist[anchor, neg]
         hinge = torch.relu(d_ap - d_an + margin)
         loss = (alpha * d_ap + beta * hinge).mean()
-    return loss, _stats(d_ap, d_an, hinge)
+    return loss, _stats(raw[anchor, pos], raw[anchor, neg], hinge)
 
 
 def pdml_loss_reference(
@@ -437,17 +495,45 @@ def gather_points(
 
 
 def pixel_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, image_index: torch.Tensor,
-                        num_images: int) -> torch.Tensor:
+                        num_images: int, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Eq. 2 on labels known at M scattered pixels: per image the mean CE, then the mean over images.
 
     ``logits`` [M, C] (the network's upsampled logits at those pixels), ``labels`` [M] (255 =
-    none), ``image_index`` [M]. Equals :func:`point_cross_entropy` of the dense maps that hold
-    these labels; 0 (with grad) when no pixel is labelled.
+    none), ``image_index`` [M], ``class_weights`` [C] optional. Equals
+    :func:`point_cross_entropy` of the dense maps that hold these labels; 0 (with grad) when no
+    pixel is labelled.
     """
     valid = labels != IGNORE_INDEX
     safe = torch.where(valid, labels, torch.zeros_like(labels))
     ce = F.cross_entropy(logits.float(), safe, reduction="none") * valid
+    if class_weights is not None:
+        ce = ce * class_weights.to(ce.device, ce.dtype)[safe]
     sums = torch.zeros(num_images, dtype=ce.dtype, device=ce.device).index_add(0, image_index, ce)
     counts = torch.zeros(num_images, dtype=ce.dtype, device=ce.device).index_add(0, image_index, valid.to(ce.dtype))
     has = counts > 0
     return (sums / counts.clamp(min=1)).sum() / has.sum().clamp(min=1)
+
+
+#: class_balance choice -> exponent p of the click-frequency weights (see click_class_weights).
+CLASS_BALANCE = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}
+
+
+def click_class_weights(counts, power: float) -> torch.Tensor:
+    """[C] float32 class weights ``w_c ∝ (1 / n_c)^power`` from click counts ``n_c``, scaled so the
+    mean weight over the clicks is 1 (``Σ n_c w_c = Σ n_c``): the loss keeps its scale.
+
+    ``power`` 1 is the inverse click frequency, 0.5 its square root (milder, the usual first
+    try), 0 no weighting. Classes without clicks get the largest weight of the clicked ones
+    (they can still gain pixels through the online extension).
+    """
+    n = torch.as_tensor(counts, dtype=torch.float64)
+    if n.dim() != 1 or bool((n < 0).any()):
+        raise ValueError(f"click counts must be a 1-D list of non-negative numbers, got {counts!r}")
+    clicked = n > 0
+    if not bool(clicked.any()) or power == 0:
+        return torch.ones(n.shape[0], dtype=torch.float32)
+    w = torch.zeros_like(n)
+    w[clicked] = n[clicked].pow(-float(power))
+    w[~clicked] = w[clicked].max()
+    w = w * n.sum() / (n * w).sum()
+    return w.float()

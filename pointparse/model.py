@@ -1,20 +1,37 @@
 """The segmentation net ``g(f(I))`` of the paper (Figure 1): feature extractor + classification module.
 
 * ``f`` — an ImageNet backbone with atrous convolutions (``pointparse.backbones``), output
-  stride 8 or 16. Its features ``[B, D, h, w]`` are the *embeddings* PDML compares across images.
-* ``g`` — DeepLab v2's ASPP classifier (Chen et al., TPAMI 2018): parallel 3x3 atrous convs,
-  each producing class logits, summed. The rates (6, 12, 18, 24) are DeepLab v2's at output
-  stride 8; at output stride ``os`` they are scaled by ``8 / os`` ((3, 6, 9, 12) at 16) so every
-  branch sees the same field of view in input pixels.
-* optional projection head (``projection_dim > 0``): a 1x1 conv on the features whose output
-  replaces them as embeddings for PDML; the classifier still reads the features, as in Figure 1.
+  stride 8 or 16.
+* ``g`` — a head from the registry :data:`HEADS` (``ModelConfig.head``):
 
-Shapes: for an input ``[B, 3, H, W]`` (ImageNet-normalised, see ``IMAGENET_MEAN/STD``) the
-outputs have ``h = ceil(H / os)``, ``w = ceil(W / os)`` exactly, for every backbone. Logits are
-at that resolution; ``upsample_logits`` brings them to label size. Labels use ignore index 255.
+  ``aspp-v2`` (the paper's, DeepLab v2, Chen et al. TPAMI 2018): parallel 3x3 atrous convs on
+  the deepest features, each producing class logits, summed. Rates (6, 12, 18, 24) at output
+  stride 8, scaled by ``8 / os`` ((3, 6, 9, 12) at 16). Logits at stride ``os``.
 
-Training follows the paper: ``param_groups(lr)`` gives ``f`` the base rate and ``g`` (with the
-projection head) ten times it.
+  ``deeplabv3+`` (Chen et al. ECCV 2018, a recipe for small budgets): ASPP v3 (1x1, three
+  separable atrous 3x3 convs, image pooling; ``decoder_channels`` each, BN + ReLU) on the
+  deepest features, upsampled and fused with a 48-channel projection of the backbone's
+  stride-``low_level_stride`` tap (4 or 8), two separable 3x3 convs, then a 1x1 classifier.
+  Rates (12, 24, 36) at output stride 8 = (6, 12, 18) at 16. Logits at stride
+  ``low_level_stride``.
+
+* PDML embeddings (``ModelConfig.embed``). The paper's Figure 1 sends the *same* features to
+  PDML and to the classification module, so the metric shapes what the classifier reads:
+  ``classifier`` (default) = the input of the last classifying layer — the backbone features
+  for ``aspp-v2`` (whose branches classify directly), the fused decoder features
+  (``decoder_channels``-d, stride ``low_level_stride``) for ``deeplabv3+``; ``backbone`` = the
+  deepest backbone features for either head (for ``deeplabv3+`` the metric then acts one ASPP
+  + decoder away from the classifier). Optional projection head (``projection_dim > 0``): a
+  1x1 conv on those features whose output replaces them as embeddings; the classifier still
+  reads the features.
+
+Shapes: for an input ``[B, 3, H, W]`` (ImageNet-normalised, see ``IMAGENET_MEAN/STD``) logits
+and embeddings have ``h = ceil(H / s)``, ``w = ceil(W / s)`` exactly, ``s`` the stride given
+above (``PointParseNet.logit_stride`` / ``embed_stride``). ``upsample_logits`` brings logits to
+label size. Labels use ignore index 255.
+
+Training follows the paper: ``param_groups(lr, head_lr_mult=10)`` gives ``f`` the base rate and
+the head (with the projection) ``head_lr_mult`` times it.
 """
 
 from __future__ import annotations
@@ -45,8 +62,10 @@ __all__ = [
     "IMAGENET_STD",
     "OUTPUT_STRIDES",
     "CLASSIFIER_LR_MULT",
+    "HEADS",
     "ModelConfig",
     "ASPPClassifier",
+    "DeepLabV3PlusHead",
     "PointParseNet",
     "aspp_dilations",
     "build_model",
@@ -60,16 +79,24 @@ OUTPUT_STRIDES = (8, 16)
 CLASSIFIER_LR_MULT = 10.0
 #: DeepLab v2 ASPP rates, expressed at output stride 8.
 DEEPLAB_V2_RATES = (6, 12, 18, 24)
+#: DeepLab v3(+) ASPP rates, expressed at output stride 8 ((6, 12, 18) at 16).
+DEEPLAB_V3_RATES = (12, 24, 36)
+#: What PDML embeds (see the module docstring).
+EMBED_CHOICES = ("classifier", "backbone")
+LOW_LEVEL_STRIDES = (4, 8)
 
 
 @dataclass(kw_only=True)
 class ModelConfig:
     """Everything needed to rebuild a ``PointParseNet``.
 
-    ``weights``: ``"imagenet"`` (backbone from ImageNet, classifier random), ``"none"`` (all
-    random) or the path of a state dict (see ``load_weights``). ``aspp_rates`` are given at
-    output stride 8 and scaled to the actual stride (``aspp_dilations``). ``projection_dim`` 0
-    means PDML works on the backbone features themselves.
+    ``weights``: ``"imagenet"`` (backbone from ImageNet, head random), ``"none"`` (all
+    random) or the path of a state dict (see ``load_weights``). ``head``: a :data:`HEADS` name.
+    ``aspp_rates`` are given at output stride 8 and scaled to the actual stride
+    (``aspp_dilations``); ``None`` = the head's own (v2: 6, 12, 18, 24; v3+: 12, 24, 36).
+    ``embed``: which features PDML compares (module docstring). ``projection_dim`` 0 means PDML
+    works on those features themselves. ``decoder_channels`` / ``low_level_stride`` apply to
+    ``deeplabv3+`` only.
     """
 
     backbone: str = "efficientnet_lite0"
@@ -77,7 +104,11 @@ class ModelConfig:
     output_stride: int = 16
     weights: str = "imagenet"
     projection_dim: int = 0
-    aspp_rates: tuple[int, ...] = DEEPLAB_V2_RATES
+    aspp_rates: tuple[int, ...] | None = None
+    head: str = "aspp-v2"
+    embed: str = "classifier"
+    decoder_channels: int = 128
+    low_level_stride: int = 4
 
     def __post_init__(self) -> None:
         backbone_spec(self.backbone)  # unknown name -> ConfigError listing the valid ones
@@ -91,7 +122,15 @@ class ModelConfig:
             raise ConfigError(f"weights must be 'imagenet', 'none' or a file path, got {self.weights!r}")
         if not _is_int(self.projection_dim) or self.projection_dim < 0:
             raise ConfigError(f"projection_dim must be an integer >= 0 (0 = off), got {self.projection_dim!r}")
-        rates = self.aspp_rates
+        if self.head not in HEADS:
+            raise unknown_choice("head", self.head, HEADS)
+        if self.embed not in EMBED_CHOICES:
+            raise unknown_choice("embed", self.embed, EMBED_CHOICES)
+        if not _is_int(self.decoder_channels) or self.decoder_channels < 1:
+            raise ConfigError(f"decoder_channels must be a positive integer, got {self.decoder_channels!r}")
+        if not _is_int(self.low_level_stride) or self.low_level_stride not in LOW_LEVEL_STRIDES:
+            raise ConfigError(f"low_level_stride must be one of {LOW_LEVEL_STRIDES}, got {self.low_level_stride!r}")
+        rates = HEADS[self.head].rates if self.aspp_rates is None else self.aspp_rates
         if isinstance(rates, (str, bytes)) or not isinstance(rates, Sequence) or not rates \
                 or not all(_is_int(r) and r >= 1 for r in rates):
             raise ConfigError(f"aspp_rates must be a non-empty list of positive integers, got {rates!r}")
@@ -151,18 +190,79 @@ class ASPPClassifier(nn.Module):
         return out
 
 
+def _separable(cin: int, cout: int, dilation: int = 1) -> nn.Sequential:
+    """Depthwise 3x3 (atrous) + pointwise 1x1, each with BN + ReLU: DeepLabv3+'s cheap 3x3 conv."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cin, 3, padding=dilation, dilation=dilation, groups=cin, bias=False),
+        nn.BatchNorm2d(cin), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+    )
+
+
+def _pointwise(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DeepLabV3PlusHead(nn.Module):
+    """DeepLabv3+ head: ASPP v3 on the deepest features, fused with one low-level tap.
+
+    ``forward(deep [B, D, h, w], low [B, c_low, H/s, W/s]) -> (logits [B, C, H/s, W/s],
+    features [B, channels, H/s, W/s])`` where ``features`` are what the 1x1 classifier reads.
+    Image pooling is a global average, so the head works at any input size (BN sees one value
+    per image there; at batch 1 in training PyTorch refuses it, like torchvision's DeepLabv3).
+    """
+
+    def __init__(self, in_channels: int, low_channels: int, num_classes: int, dilations: Sequence[int],
+                 channels: int = 128, low_proj: int = 48):
+        super().__init__()
+        self.dilations = tuple(dilations)
+        self.aspp = nn.ModuleList([_pointwise(in_channels, channels)]
+                                  + [_separable(in_channels, channels, d) for d in self.dilations])
+        self.pool = _pointwise(in_channels, channels)
+        self.project = nn.Sequential(_pointwise(channels * (len(self.aspp) + 1), channels), nn.Dropout(0.1))
+        self.low = _pointwise(low_channels, low_proj)
+        self.fuse = nn.Sequential(_separable(channels + low_proj, channels), _separable(channels, channels))
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, deep: Tensor, low: Tensor) -> tuple[Tensor, Tensor]:
+        h, w = deep.shape[-2:]
+        pooled = self.pool(deep.mean(dim=(2, 3), keepdim=True)).expand(-1, -1, h, w)
+        x = self.project(torch.cat([branch(deep) for branch in self.aspp] + [pooled], dim=1))
+        x = F.interpolate(x, size=low.shape[-2:], mode="bilinear", align_corners=False)
+        features = self.fuse(torch.cat([x, self.low(low)], dim=1))
+        return self.classifier(features), features
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head of the registry: its default ASPP rates (at output stride 8) and whether it reads a
+    low-level tap (then ``PointParseNet`` calls ``backbone.forward_features``)."""
+
+    rates: tuple[int, ...]
+    decoder: bool
+
+
+#: name -> HeadSpec. ``aspp-v2`` is the paper's; ``deeplabv3+`` the decoder for small budgets.
+HEADS: dict[str, HeadSpec] = {
+    "aspp-v2": HeadSpec(DEEPLAB_V2_RATES, decoder=False),
+    "deeplabv3+": HeadSpec(DEEPLAB_V3_RATES, decoder=True),
+}
+
+
 class PointParseNet(nn.Module):
     """``g(f(I))`` with the embeddings that PDML compares.
 
     ``forward(x)`` with ``x`` ``[B, 3, H, W]`` float (ImageNet-normalised) returns
-    ``{"logits": [B, C, h, w], "embeddings": [B, feature_dim, h, w]}``, ``h = ceil(H / os)``,
-    ``w = ceil(W / os)``. ``embeddings`` are the backbone features ``f(I)`` fed to ``g``, or
-    their 1x1 projection when ``config.projection_dim > 0``.
+    ``{"logits": [B, C, ceil(H / logit_stride), ceil(W / logit_stride)], "embeddings": [B,
+    feature_dim, ceil(H / embed_stride), ceil(W / embed_stride)]}``. ``embeddings`` are the
+    features ``config.embed`` names (module docstring), or their 1x1 projection when
+    ``config.projection_dim > 0``.
 
-    Attributes: ``config``, ``num_classes``, ``output_stride``, ``backbone_dim`` (channels of
-    ``f(I)``), ``feature_dim`` (channels of ``embeddings``). Submodules: ``backbone`` (f),
-    ``classifier`` (g), ``projection`` (or None). Built with random weights; ``build_model``
-    loads the weights the config asks for.
+    Attributes: ``config``, ``num_classes``, ``output_stride``, ``logit_stride``,
+    ``embed_stride``, ``backbone_dim`` (channels of ``f(I)``), ``feature_dim`` (channels of
+    ``embeddings``). Submodules: ``backbone`` (f), ``classifier`` (g: the whole head),
+    ``projection`` (or None). Built with random weights; ``build_model`` loads the weights the
+    config asks for.
     """
 
     def __init__(self, config: ModelConfig):
@@ -172,25 +272,40 @@ class PointParseNet(nn.Module):
         self.output_stride = config.output_stride
         self.backbone = build_backbone(config.backbone, config.output_stride)
         self.backbone_dim = self.backbone.out_channels
-        self.classifier = ASPPClassifier(
-            self.backbone_dim, config.num_classes, aspp_dilations(config.aspp_rates, config.output_stride)
-        )
-        if config.projection_dim > 0:
-            self.projection = nn.Conv2d(self.backbone_dim, config.projection_dim, 1)
+        dilations = aspp_dilations(config.aspp_rates, config.output_stride)
+        self.decoder = HEADS[config.head].decoder
+        if self.decoder:
+            self.classifier = DeepLabV3PlusHead(
+                self.backbone_dim, self.backbone.low_level_channels[config.low_level_stride], config.num_classes,
+                dilations, channels=config.decoder_channels)
+            self.logit_stride = config.low_level_stride
+            from_classifier = config.embed == "classifier"
+            embed_dim = config.decoder_channels if from_classifier else self.backbone_dim
+            self.embed_stride = config.low_level_stride if from_classifier else config.output_stride
         else:
-            self.projection = None
-        self.feature_dim = config.projection_dim or self.backbone_dim
+            self.classifier = ASPPClassifier(self.backbone_dim, config.num_classes, dilations)
+            self.logit_stride = self.embed_stride = config.output_stride
+            embed_dim = self.backbone_dim
+        self.projection = nn.Conv2d(embed_dim, config.projection_dim, 1) if config.projection_dim > 0 else None
+        self.feature_dim = config.projection_dim or embed_dim
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(x.shape)}")
-        features = self.backbone(x)
-        logits = self.classifier(features)
+        if self.decoder:
+            deep, low = self.backbone.forward_features(x)
+            logits, decoded = self.classifier(deep, low[self.config.low_level_stride])
+            features = decoded if self.config.embed == "classifier" else deep
+        else:
+            features = self.backbone(x)
+            logits = self.classifier(features)
         embeddings = self.projection(features) if self.projection is not None else features
         return {"logits": logits, "embeddings": embeddings}
 
-    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: ``features`` (f) at ``lr``, ``classifier`` (g + projection) at 10x.
+    def param_groups(self, lr: float, weight_decay: float = 0.0,
+                     head_lr_mult: float = CLASSIFIER_LR_MULT) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: ``features`` (f) at ``lr``, ``classifier`` (the head + projection)
+        at ``head_lr_mult`` x ``lr`` (the paper: 10).
 
         Each group carries ``name`` and ``lr_mult`` so a scheduler can rescale groups by name;
         frozen parameters (``requires_grad=False``) are left out.
@@ -202,7 +317,7 @@ class PointParseNet(nn.Module):
             {"name": "features", "params": [p for p in self.backbone.parameters() if p.requires_grad],
              "lr": lr, "lr_mult": 1.0, "weight_decay": weight_decay},
             {"name": "classifier", "params": [p for p in head if p.requires_grad],
-             "lr": lr * CLASSIFIER_LR_MULT, "lr_mult": CLASSIFIER_LR_MULT, "weight_decay": weight_decay},
+             "lr": lr * head_lr_mult, "lr_mult": float(head_lr_mult), "weight_decay": weight_decay},
         ]
 
 

@@ -22,7 +22,7 @@ from .errors import ConfigError, DataError, unknown_choice
 from .io import read_json
 
 SYNTHETIC_KIND = "synthetic"
-STAGE_VERSIONS = {"scenes": 1, "make-points": 1, "train": 1, "evaluate": 1}
+STAGE_VERSIONS = {"scenes": 1, "make-points": 1, "train": 2, "evaluate": 1}
 
 
 @dataclass

@@ -34,27 +34,44 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
+from .crf import CRFConfig, crf_inputs, gated_crf_loss
 from .extension import (EXTENSION_MODES, extend_at_pixels, extension_stats, extension_stats_at_pixels,
                         finalize_extension_stats, merge_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
-from .losses import (gather_points, pdml_loss, pixel_cross_entropy, point_cross_entropy, sample_embeddings,
-                     subgroups)
-from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model, upsample_logits
+from .losses import (CLASS_BALANCE, PDML_VARIANTS, click_class_weights, gather_points, pdml_loss,
+                     pixel_cross_entropy, point_cross_entropy, sample_embeddings, subgroups)
+from .model import (CLASSIFIER_LR_MULT, IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model,
+                    upsample_logits)
 from .pool import loader_workers, start_loader
 from .transforms import AugmentConfig, TrainSamples, collate
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
 SUPERVISIONS = ("points", "full")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+class TrainingDiverged(ConfigError):
+    """The loss became NaN or infinite: nothing is marked finished (the checkpoint of the last good
+    epoch stays in the partial folder)."""
 
 
 @dataclass
 class TrainConfig:
     """Every knob of a training run; the defaults are the paper's (Implementation Details).
 
-    ``pdml_weight`` multiplies the PDML term against the CE (the paper adds them with weight 1).
-    ``extension_start_epoch``: online extension needs a classifier that already means something,
-    so it can start later than epoch 0. ``amp='auto'`` = bf16 on CUDA, off on CPU.
+    ``head``/``embed``/``low_level_stride``/``decoder_channels``: see :mod:`pointparse.model`.
+    ``pdml_weight`` multiplies the PDML term against the CE (the paper adds them with weight 1);
+    ``pdml_variant`` picks the loss of :data:`pointparse.losses.PDML_VARIANTS` and ``margin``
+    ``None`` its default margin (20 for the paper's). ``extension_start_epoch``: online extension
+    needs a classifier that already means something, so it can start later than epoch 0; its
+    accuracy and coverage against the dense masks are logged from epoch 0 either way.
+    ``class_balance``: point CE weighted by inverse click frequency (``inverse``), its square
+    root (``sqrt``) or not (``none``). ``crf_weight`` > 0 adds the Gated CRF loss
+    (:mod:`pointparse.crf`). ``optimizer``: the paper's SGD or AdamW; ``head_lr_mult``: the
+    head's learning rate over the backbone's (paper 10). ``freeze_bn``: the backbone's
+    BatchNorm layers keep their ImageNet statistics and affine parameters (small batches).
+    ``amp='auto'`` = bf16 on CUDA, off on CPU.
     """
 
     supervision: str = "points"
@@ -63,13 +80,21 @@ class TrainConfig:
     output_stride: int = 16
     weights: str = "imagenet"
     projection_dim: int = 0
+    head: str = "aspp-v2"
+    embed: str = "classifier"
+    low_level_stride: int = 4
+    decoder_channels: int = 128
     # PDML (Eq. 3-5)
     pdml: bool = True
+    pdml_variant: str = "paper"
     alpha: float = 0.8
     beta: float = 1.0
-    margin: float = 20.0
+    margin: float | None = None
     pdml_weight: float = 1.0
     pdml_group_size: int = 0
+    # beyond the paper: class-balanced point CE, Gated CRF loss
+    class_balance: str = "none"
+    crf_weight: float = 0.0
     # online extension (Eq. 6-7)
     extension: str = "none"
     threshold: float = 0.7
@@ -78,7 +103,10 @@ class TrainConfig:
     # optimisation
     epochs: int = 20
     batch_size: int = 16
+    optimizer: str = "sgd"
     lr: float = 2.5e-4
+    head_lr_mult: float = CLASSIFIER_LR_MULT
+    freeze_bn: bool = False
     momentum: float = 0.9
     weight_decay: float = 5e-4
     poly_power: float = 0.8
@@ -102,6 +130,33 @@ class TrainConfig:
             raise unknown_choice("extension", self.extension, EXTENSION_MODES)
         if self.amp not in AMP_MODES:
             raise unknown_choice("amp mode", self.amp, AMP_MODES)
+        if self.pdml_variant not in PDML_VARIANTS:
+            raise unknown_choice("pdml_variant", self.pdml_variant, PDML_VARIANTS)
+        if self.class_balance not in CLASS_BALANCE:
+            raise unknown_choice("class_balance", self.class_balance, CLASS_BALANCE)
+        if self.optimizer not in OPTIMIZERS:
+            raise unknown_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for name, low, strict in (("lr", 0.0, True), ("head_lr_mult", 0.0, True), ("momentum", 0.0, False),
+                                  ("weight_decay", 0.0, False), ("poly_power", 0.0, False), ("alpha", 0.0, False),
+                                  ("beta", 0.0, False), ("pdml_weight", 0.0, False), ("crf_weight", 0.0, False),
+                                  ("scale_min", 0.0, True), ("scale_max", 0.0, True)):
+            v = getattr(self, name)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
+                and (v > low if strict else v >= low)
+            if not ok:
+                raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {v!r}")
+        if self.margin is not None and not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin)
+                                            and self.margin >= 0):
+            raise ConfigError(f"margin must be a finite number >= 0 (or None: the variant's default), got {self.margin!r}")
+        if self.momentum >= 1.0:
+            raise ConfigError(f"momentum must be < 1, got {self.momentum!r}")
+        if self.scale_min > self.scale_max:
+            raise ConfigError(f"scale_min {self.scale_min} is larger than scale_max {self.scale_max}")
+        if self.device != "auto" and self.device:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError):
+                raise ConfigError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N") from None
         if self.supervision == "full" and (self.pdml or self.extension != "none"):
             raise ConfigError("full supervision trains on dense masks: use it with --no-pdml and --extension none")
         for name in ("epochs", "batch_size", "crop_size"):
@@ -114,9 +169,16 @@ class TrainConfig:
         if self.workers is not None and int(self.workers) < 0:
             raise ConfigError(f"workers must be >= 0 or None (auto), got {self.workers!r}")
 
+    @property
+    def pdml_margin(self) -> float:
+        """``margin``, or the variant's default when it is None."""
+        return float(PDML_VARIANTS[self.pdml_variant] if self.margin is None else self.margin)
+
     def model_config(self, num_classes: int) -> ModelConfig:
         return ModelConfig(backbone=self.backbone, num_classes=num_classes, output_stride=self.output_stride,
-                           weights=self.weights, projection_dim=self.projection_dim)
+                           weights=self.weights, projection_dim=self.projection_dim, head=self.head,
+                           embed=self.embed, low_level_stride=self.low_level_stride,
+                           decoder_channels=self.decoder_channels)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -199,6 +261,7 @@ class StepOutput:
     loss: torch.Tensor
     ce: float
     pdml: float
+    crf: float = 0.0
     triples: int = 0
     mean_pos: float = float("nan")
     mean_neg: float = float("nan")
@@ -210,12 +273,14 @@ class StepOutput:
 
 def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch: int,
                    generator: torch.Generator | None, amp_dtype: torch.dtype | None,
-                   channels_last: bool = False) -> StepOutput:
+                   channels_last: bool = False, class_weights: torch.Tensor | None = None) -> StepOutput:
     """Forward pass and the training losses for one batch (already on the device).
 
     Point supervision: CE on the clicks (or on the online-extended labels, computed under
-    ``no_grad`` from this same forward pass) plus ``pdml_weight`` × PDML on the embeddings sampled
-    at the clicks, all-gathered across ranks. Full supervision: pixel-mean CE on dense masks.
+    ``no_grad`` from this same forward pass; before ``extension_start_epoch`` they are computed
+    for the log only) weighted by ``class_weights`` [C], plus ``pdml_weight`` × PDML on the
+    embeddings sampled at the clicks, all-gathered across ranks, plus ``crf_weight`` × the Gated
+    CRF loss. Full supervision: pixel-mean CE on dense masks.
     """
     images = batch["image"]
     if channels_last:
@@ -230,39 +295,46 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
             else logits.sum() * 0.0
         return StepOutput(ce, float(ce.detach()), 0.0)
 
-    active = cfg.extension != "none" and epoch >= cfg.extension_start_epoch
-    mode = cfg.extension if active else "none"
-    gt = batch["dense"] if (active and (batch["dense"] != IGNORE_INDEX).any()) else None
+    mode = cfg.extension  # computed (and logged) from epoch 0, trained on from extension_start_epoch
+    active = mode != "none" and epoch >= cfg.extension_start_epoch
+    gt = batch["dense"] if (mode != "none" and (batch["dense"] != IGNORE_INDEX).any()) else None
     ext = None
     if mode == "score":
         # Eq. 6 alone can label any pixel of the image: the dense path
         logits = upsample_logits(out["logits"].float(), (H, W))
         with torch.no_grad():
-            target = online_extension(torch.softmax(logits.detach(), dim=1), batch["points"],
-                                      threshold=cfg.threshold, region=cfg.region, mode=mode)
-            ext = extension_stats(target, batch["points"], gt)
-        ce = point_cross_entropy(logits, target)
+            extended = online_extension(torch.softmax(logits.detach(), dim=1), batch["points"],
+                                        threshold=cfg.threshold, region=cfg.region, mode=mode)
+            ext = extension_stats(extended, batch["points"], gt)
+        ce = point_cross_entropy(logits, extended if active else batch["points"], class_weights=class_weights)
     else:
-        # none / region / score+region label pixels inside the click squares only, so the logits are
-        # sampled there (bilinear, exactly the upsampled values) instead of upsampling whole images
+        # the other modes label pixels inside the click squares only, so the logits are sampled
+        # there (bilinear, exactly the upsampled values) instead of upsampling whole images
         pix = square_pixels(batch["points"], cfg.region if mode != "none" else 1)
         xy = torch.stack([pix["x"], pix["y"]], 1).float()
         pix_logits = sample_embeddings(out["logits"].float(), xy, pix["b"], (H, W))
         with torch.no_grad():
-            probs = torch.softmax(pix_logits.detach(), dim=1) if mode == "score+region" else None
-            target = extend_at_pixels(pix, probs, batch["points"], cfg.threshold, mode)
-            if active:
-                ext = extension_stats_at_pixels(pix, target, images.shape[0], gt)
-        ce = pixel_cross_entropy(pix_logits, target, pix["b"], images.shape[0]) + 0.0 * out["logits"].sum()
+            probs = torch.softmax(pix_logits.detach(), dim=1) if mode in ("score+region", "agree") else None
+            extended = extend_at_pixels(pix, probs, batch["points"], cfg.threshold, mode)
+            if mode != "none":
+                ext = extension_stats_at_pixels(pix, extended, images.shape[0], gt)
+        target = extended if active else pix["click"]
+        ce = pixel_cross_entropy(pix_logits, target, pix["b"], images.shape[0], class_weights) \
+            + 0.0 * out["logits"].sum()
     loss = ce
     res = StepOutput(loss, float(ce.detach()), 0.0, extension=ext)
+    if cfg.crf_weight > 0:
+        probs, rgb, gate = crf_inputs(out["logits"], batch["image"], batch["valid"], IMAGENET_MEAN, IMAGENET_STD)
+        crf = gated_crf_loss(probs, rgb, gate, CRFConfig())
+        res.loss = res.loss + cfg.crf_weight * crf
+        res.crf = float(crf.detach())
     if cfg.pdml:
         emb = sample_embeddings(out["embeddings"].float(), batch["points_xy"], batch["batch_index"], (H, W))
         emb, lab, ids, _ = gather_points(emb, batch["points_cls"], batch["image_ids"])
         groups = subgroups(ids, cfg.pdml_group_size) if cfg.pdml_group_size else None
-        lp, st = pdml_loss(emb, lab, ids, alpha=cfg.alpha, beta=cfg.beta, margin=cfg.margin,
-                           generator=generator, groups=groups)
-        res.loss = ce + cfg.pdml_weight * lp
+        lp, st = pdml_loss(emb, lab, ids, alpha=cfg.alpha, beta=cfg.beta, margin=cfg.pdml_margin,
+                           generator=generator, groups=groups, variant=cfg.pdml_variant)
+        res.loss = res.loss + cfg.pdml_weight * lp
         res.pdml = float(lp.detach())
         res.triples, res.mean_pos, res.mean_neg, res.active = st.num_triples, st.mean_pos, st.mean_neg, st.active
         res.pos_distances, res.neg_distances = st.pos_distances, st.neg_distances
@@ -318,11 +390,24 @@ def _nan_to_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
+def freeze_batchnorm(module: torch.nn.Module) -> None:
+    """Put every BatchNorm of ``module`` in eval mode (running statistics frozen); call after
+    ``model.train()``. Their affine parameters are frozen by ``train`` (requires_grad False)."""
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
 def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: int, rt: Runtime,
-                    amp_dtype, iter_log: _JsonlWriter, progress: bool = True) -> dict:
-    """One pass over the loader; returns the epoch's averaged statistics (summed over ranks)."""
+                    amp_dtype, iter_log: _JsonlWriter, progress: bool = True,
+                    class_weights: torch.Tensor | None = None) -> dict:
+    """One pass over the loader; returns the epoch's averaged statistics (summed over ranks).
+
+    A non-finite loss raises :class:`TrainingDiverged` before the optimiser steps on it."""
     model.train()
-    sums = {"loss": 0.0, "ce": 0.0, "pdml": 0.0, "steps": 0.0, "images": 0.0,
+    if cfg.freeze_bn:
+        freeze_batchnorm(_unwrap(model).backbone)
+    sums = {"loss": 0.0, "ce": 0.0, "pdml": 0.0, "crf": 0.0, "steps": 0.0, "images": 0.0,
             "triples": 0.0, "pos_sum": 0.0, "neg_sum": 0.0, "active_sum": 0.0}
     ext_counts = []
     pos_samples, neg_samples = [], []
@@ -335,7 +420,12 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
         # PDML pairing order seeded per (run seed, epoch, step): identical on all ranks and on resume
         gen.manual_seed(hash((cfg.seed, epoch, it)) & 0x7FFF_FFFF)
         batch = _to_device(batch, rt.device)
-        res = compute_losses(model, batch, cfg, epoch, gen, amp_dtype, channels_last)
+        res = compute_losses(model, batch, cfg, epoch, gen, amp_dtype, channels_last, class_weights)
+        loss_value = float(res.loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, step {it + 1} "
+                                            f"(ce {res.ce:.4g}, pdml {res.pdml:.4g}, crf {res.crf:.4g}); lower the "
+                                            f"learning rate ({cfg.lr:g}) or the loss weights")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(res.loss).backward()
@@ -345,7 +435,7 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             res.loss.backward()
             optimizer.step()
         n = batch["image"].shape[0]
-        sums["loss"] += float(res.loss.detach()); sums["ce"] += res.ce; sums["pdml"] += res.pdml
+        sums["loss"] += loss_value; sums["ce"] += res.ce; sums["pdml"] += res.pdml; sums["crf"] += res.crf
         sums["steps"] += 1; sums["images"] += n
         if res.triples:
             sums["triples"] += res.triples
@@ -357,10 +447,10 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             ext_counts.append(res.extension)
         elapsed = time.perf_counter() - t0
         if rt.is_main and (it % max(cfg.log_every, 1) == 0):
-            iter_log.write(_nan_to_none({"epoch": epoch, "iter": it, "loss": float(res.loss.detach()), "ce": res.ce,
-                                         "pdml": res.pdml, "triples": res.triples, "dis_pos": res.mean_pos,
+            iter_log.write(_nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce,
+                                         "pdml": res.pdml, "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
                                          "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]}))
-        bar.set_postfix(loss=f"{float(res.loss.detach()):.3f}", ce=f"{res.ce:.3f}", pdml=f"{res.pdml:.3f}",
+        bar.set_postfix(loss=f"{loss_value:.3f}", ce=f"{res.ce:.3f}", pdml=f"{res.pdml:.3f}",
                         img_s=f"{sums['images'] * rt.world_size / max(elapsed, 1e-9):.1f}")
     bar.close()
     elapsed = time.perf_counter() - t0
@@ -370,6 +460,7 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
     row = {
         "epoch": epoch,
         "loss": totals["loss"] / steps, "ce": totals["ce"] / steps, "pdml": totals["pdml"] / steps,
+        "crf": totals["crf"] / steps,
         "triples_per_step": totals["triples"] / steps,
         "dis_pos": totals["pos_sum"] / totals["triples"] if totals["triples"] else None,
         "dis_neg": totals["neg_sum"] / totals["triples"] if totals["triples"] else None,
@@ -469,7 +560,21 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
     model = build_model(cfg.model_config(info.num_classes)).to(rt.device)
     if cfg.channels_last and rt.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.param_groups(cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.freeze_bn:
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.requires_grad_(False)
+    groups = model.param_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+    if cfg.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    else:
+        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    class_weights = None
+    if cfg.supervision == "points" and cfg.class_balance != "none":
+        counts = np.zeros(info.num_classes, np.int64)
+        for _, cls in points.values():
+            counts += np.bincount(np.asarray(cls, np.int64).reshape(-1), minlength=info.num_classes)[:info.num_classes]
+        class_weights = click_class_weights(counts, CLASS_BALANCE[cfg.class_balance]).to(rt.device)
     amp_dtype = autocast_dtype(cfg.amp, rt.device)
     scaler = torch.amp.GradScaler(rt.device.type) if amp_dtype == torch.float16 else None
 
@@ -519,7 +624,7 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
             samples.set_epoch(epoch)
             torch.manual_seed(hash((cfg.seed, epoch)) & 0x7FFF_FFFF)  # any stochastic layer is resumable too
             row, (pos, neg) = train_one_epoch(model, optimizer, scaler, loader, cfg, epoch, rt, amp_dtype,
-                                              iter_log, progress)
+                                              iter_log, progress, class_weights)
             if rt.is_main:
                 epoch_log.write(row)
                 if len(pos):
@@ -545,6 +650,8 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
 
 def _epoch_line(row: dict, cfg: TrainConfig) -> str:
     parts = [f"epoch {row['epoch'] + 1}/{cfg.epochs}", f"loss {row['loss']:.4f}", f"ce {row['ce']:.4f}"]
+    if cfg.crf_weight > 0:
+        parts.append(f"crf {row['crf']:.4f}")
     if cfg.pdml:
         parts.append(f"pdml {row['pdml']:.4f}")
         if row.get("dis_pos") is not None:

@@ -4,6 +4,8 @@ A training sample is a dict of
 
 * ``image``  float32 [3, S, S], normalised with the model's mean/std;
 * ``dense``  int64 [S, S] dense ground truth (255 = ignore / padding / no dense labels);
+* ``valid``  bool [S, S], False on the padding added to reach the crop size (the Gated CRF
+  loss's gate);
 * ``points_xy`` float32 [N, 2] click positions (x, y) in crop pixels, sub-pixel after scaling;
 * ``points_cls`` int64 [N] their classes;
 * ``index`` the dataset index (used as the image id for cross-image PDML pairs).
@@ -88,6 +90,7 @@ class TrainSamples(torch.utils.data.Dataset):
         dense = self.dataset.load_mask(i) if self.need_dense else None
         if dense is not None and dense.shape != (h, w):
             raise DataError(self.dataset.mask_path(i), f"mask is {dense.shape[1]}x{dense.shape[0]} but its image is {w}x{h}")
+        valid = np.ones((h, w), np.uint8)
         if self.points is not None:
             xy, cls = self.points[name]
             xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -100,6 +103,7 @@ class TrainSamples(torch.utils.data.Dataset):
         nh, nw = max(1, round(h * s)), max(1, round(w * s))
         if (nh, nw) != (h, w):
             image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            valid = np.ones((nh, nw), np.uint8)
             if dense is not None:
                 dense = cv2.resize(dense, (nw, nh), interpolation=cv2.INTER_NEAREST)
             xy = (xy + 0.5) * np.array([nw / w, nh / h]) - 0.5
@@ -109,18 +113,21 @@ class TrainSamples(torch.utils.data.Dataset):
         if ph or pw:
             fill = tuple(int(round(255 * m)) for m in self.mean)
             image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=fill)
+            valid = cv2.copyMakeBorder(valid, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
             if dense is not None:
                 dense = cv2.copyMakeBorder(dense, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
         H, W = image.shape[:2]
         y0 = int(rng.integers(0, H - c + 1))
         x0 = int(rng.integers(0, W - c + 1))
         image = image[y0:y0 + c, x0:x0 + c]
+        valid = valid[y0:y0 + c, x0:x0 + c]
         if dense is not None:
             dense = dense[y0:y0 + c, x0:x0 + c]
         xy = xy - np.array([x0, y0])
         # 3. horizontal flip
         if a.flip and rng.random() < 0.5:
             image = image[:, ::-1]
+            valid = valid[:, ::-1]
             if dense is not None:
                 dense = dense[:, ::-1]
             xy = xy.copy()
@@ -132,6 +139,7 @@ class TrainSamples(torch.utils.data.Dataset):
         return {
             "image": normalise(image, self.mean, self.std),
             "dense": dense_t,
+            "valid": torch.from_numpy(np.ascontiguousarray(valid)).bool(),
             "points_xy": torch.from_numpy(xy.astype(np.float32)),
             "points_cls": torch.from_numpy(cls),
             "index": i,
@@ -141,12 +149,14 @@ class TrainSamples(torch.utils.data.Dataset):
 def collate(samples: list[dict]) -> dict:
     """Stack samples; concatenate clicks with ``batch_index`` and draw the sparse click map.
 
-    Returns ``image`` [B, 3, S, S], ``dense`` [B, S, S], ``points`` [B, S, S] (255 off clicks),
+    Returns ``image`` [B, 3, S, S], ``dense`` [B, S, S], ``valid`` [B, S, S], ``points`` [B, S, S] (255 off clicks),
     ``points_xy`` [N, 2], ``points_cls`` [N], ``batch_index`` [N], ``image_ids`` [N] (dataset
     indices, so ids are unique across ranks too) and ``index`` [B].
     """
     images = torch.stack([s["image"] for s in samples])
     dense = torch.stack([s["dense"] for s in samples])
+    valid = torch.stack([s["valid"] if "valid" in s else torch.ones_like(s["dense"], dtype=torch.bool)
+                         for s in samples])
     B, _, H, W = images.shape
     xy = torch.cat([s["points_xy"] for s in samples]) if samples else torch.zeros(0, 2)
     cls = torch.cat([s["points_cls"] for s in samples])
@@ -158,7 +168,7 @@ def collate(samples: list[dict]) -> dict:
         py = xy[:, 1].round().long().clamp_(0, H - 1)
         points[bidx, py, px] = cls
     return {
-        "image": images, "dense": dense, "points": points, "points_xy": xy, "points_cls": cls,
+        "image": images, "dense": dense, "valid": valid, "points": points, "points_xy": xy, "points_cls": cls,
         "batch_index": bidx, "image_ids": index[bidx], "index": index,
     }
 

@@ -56,9 +56,9 @@ def brute_force_region(lab: torch.Tensor, region: int) -> torch.Tensor:
 
 
 def test_registry_lists_modes_and_rejects_unknown():
-    assert set(EXTENSION_MODES) == {"none", "score", "region", "score+region"}
+    assert set(EXTENSION_MODES) == {"none", "score", "region", "score+region", "agree"}
     lab = clicks(4, 4, (1, 1, 0))
-    with pytest.raises(ConfigError, match="valid choices: none, region, score, score\\+region"):
+    with pytest.raises(ConfigError, match="valid choices: agree, none, region, score, score\\+region"):
         online_extension(uniform_probs(1, 4, 4), lab, mode="superpixel")
     with pytest.raises(ConfigError, match="odd"):
         online_extension(uniform_probs(1, 4, 4), lab, region=4)
