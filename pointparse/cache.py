@@ -16,7 +16,9 @@ The root is ``--cache-dir``, else ``$POINTPARSE_CACHE``, else ``./.pointparse-ca
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -27,7 +29,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: stages run unlocked
+    fcntl = None
 
 from .errors import ConfigError, DataError, unknown_choice
 
@@ -124,11 +131,19 @@ def _versions() -> dict[str, str]:
     return out
 
 
-class StageCache:
-    """The cache rooted at one folder. Stages call :meth:`run` with a function that fills a folder."""
+def _stderr_line(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
-    def __init__(self, root: str | Path | None = None):
+
+class StageCache:
+    """The cache rooted at one folder. Stages call :meth:`run` with a function that fills a folder.
+
+    ``echo`` receives the one-line notices the cache gives (waiting for a lock, ...); stderr by default.
+    """
+
+    def __init__(self, root: str | Path | None = None, echo: Callable[[str], None] | None = None):
         self.root = cache_root(root)
+        self.echo = echo or _stderr_line
 
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / key
@@ -147,6 +162,7 @@ class StageCache:
         build: Callable[[Path], dict | None],
         force: bool = False,
         resume: bool = False,
+        lock: bool = True,
     ) -> StageResult:
         """Return the cached artefact for this key, or build it.
 
@@ -155,13 +171,58 @@ class StageCache:
         ``build`` returns. With ``resume=True`` the temporary folder has a stable name
         (``<key>.partial``) and survives a failure, so a long stage (training) can continue from
         its checkpoints; otherwise it is removed on failure.
+
+        Building holds ``.<key>.lock`` (see :meth:`locked`), so a second process asking for the same
+        artefact waits for the first and then reuses its result (or, if it was killed, resumes its
+        partial run); two processes never write one folder. ``lock=False`` is for a multi-node
+        torchrun, whose nodes share the partial folder on purpose.
         """
         key = stage_key(stage, version, params, inputs)
-        final = self.path_for(stage, key)
         if not force:
             hit = self.lookup(stage, key)
             if hit is not None:
                 return StageResult(stage, key, hit, True, _read_manifest(hit))
+        with self.locked(stage, key) if lock else contextlib.nullcontext():
+            if not force:  # built by the process we waited for
+                hit = self.lookup(stage, key)
+                if hit is not None:
+                    return StageResult(stage, key, hit, True, _read_manifest(hit))
+            return self._build(stage, version, key, params, inputs, build, resume)
+
+    @contextlib.contextmanager
+    def locked(self, stage: str, key: str) -> Iterator[None]:
+        """Hold the exclusive lock of (stage, key), waiting (with one line) while another process has it.
+
+        A POSIX record lock (``lockf``) on ``.<key>.lock``: the kernel drops it when the holder dies,
+        however it dies, and forked workers do not inherit it, so a killed run frees it at once.
+        """
+        final = self.path_for(stage, key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if fcntl is None:
+            yield
+            return
+        path = final.with_name(f".{key}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                self.echo(f"{stage} {key[:12]}: another process (pid {holder}) is computing this artefact; "
+                          f"waiting for it ({path})")
+                fcntl.lockf(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _build(self, stage: str, version: int | str, key: str, params: Any, inputs: Any,
+               build: Callable[[Path], dict | None], resume: bool) -> StageResult:
+        """Build (stage, key) in a temporary folder and rename it into place (caller holds the lock)."""
+        final = self.path_for(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{key}.partial") if resume else final.with_name(f".{key}.{os.getpid()}.tmp")
         if not resume and tmp.exists():

@@ -229,7 +229,10 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         out["points_dir"] = str(points_dir) if points_dir else None
         return out
 
-    return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True)
+    # Several nodes share one partial folder by design (each node's command holds its own ranks), so
+    # only a single-node run takes the cache's lock.
+    return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True,
+                     lock=not torchrun_args)
 
 
 def run_job(run_dir: str | Path) -> None:
