@@ -48,6 +48,10 @@ KNOWN_STAGES = ("scenes", "make-points", "import-clicks", "train", "evaluate", "
 _SHARD = re.compile(r"[0-9a-f]{2}")
 # an artefact, its .partial, .<key>.<pid>.tmp, .<key>.old-<pid> or .<key>.lock
 _ENTRY = re.compile(r"\.?[0-9a-f]{64}(\..+)?")
+# stale temporary folders of a killed run: .<key>.<pid>.tmp and .<key>.old-<pid>
+_LEFTOVER = re.compile(r"\.([0-9a-f]{64})\.(?:old-)?(\d+)(?:\.tmp)?")
+# files up to this size are also recorded (and checked) by sha256; larger ones by size only
+HASH_LIMIT = 64 * 1024
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -111,6 +115,22 @@ def fingerprint_files(files: Iterable[str | Path], content: bool = False, base: 
     return h.hexdigest()
 
 
+def content_fingerprint(path: str | Path) -> str:
+    """sha256 of one file's bytes only, so the same file at another path (a copied cache, a moved
+    weights file) has the same fingerprint and an overwritten one never does."""
+    path = Path(path)
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except FileNotFoundError:
+        raise DataError(path, "file does not exist") from None
+    except IsADirectoryError:
+        raise DataError(path, "is a folder, expected a file") from None
+    return h.hexdigest()
+
+
 @dataclass
 class StageResult:
     """What :meth:`StageCache.run` returns: where the artefact is and whether it was reused."""
@@ -149,9 +169,21 @@ class StageCache:
         return self.root / stage / key[:2] / key
 
     def lookup(self, stage: str, key: str) -> Path | None:
-        """The finished artefact folder for (stage, key), or ``None``."""
+        """The finished artefact folder for (stage, key), or ``None`` (also when a file its manifest
+        lists is missing or changed)."""
         p = self.path_for(stage, key)
-        return p if (p / MANIFEST).is_file() else None
+        return p if (p / MANIFEST).is_file() and stale_reason(p) is None else None
+
+    def _hit(self, stage: str, key: str) -> StageResult | None:
+        """A cache hit, or ``None``; a finished artefact whose files changed is a miss, said in one line."""
+        p = self.path_for(stage, key)
+        if not (p / MANIFEST).is_file():
+            return None
+        why = stale_reason(p)
+        if why is not None:
+            self.echo(f"{stage} {key[:12]}: {why} since the artefact was written; recomputing it ({p})")
+            return None
+        return StageResult(stage, key, p, True, _read_manifest(p))
 
     def run(
         self,
@@ -178,16 +210,44 @@ class StageCache:
         torchrun, whose nodes share the partial folder on purpose.
         """
         key = stage_key(stage, version, params, inputs)
-        if not force:
-            hit = self.lookup(stage, key)
-            if hit is not None:
-                return StageResult(stage, key, hit, True, _read_manifest(hit))
+        if not force and (hit := self._hit(stage, key)) is not None:
+            return hit
         with self.locked(stage, key) if lock else contextlib.nullcontext():
-            if not force:  # built by the process we waited for
-                hit = self.lookup(stage, key)
-                if hit is not None:
-                    return StageResult(stage, key, hit, True, _read_manifest(hit))
+            # built meanwhile by the process we waited for (quietly: the line above said why not before)
+            if not force and self.lookup(stage, key) is not None:
+                return StageResult(stage, key, self.path_for(stage, key), True,
+                                   _read_manifest(self.path_for(stage, key)))
+            if lock:
+                self._sweep(stage, key)
             return self._build(stage, version, key, params, inputs, build, resume)
+
+    def _sweep(self, stage: str, key: str) -> None:
+        """Remove the temporary folders killed runs of this stage left behind.
+
+        One is stale when nobody holds its key's lock (a live build always does). This process's own
+        (its pid in the name) are never touched, nor are the keys they belong to: opening a lock this
+        process holds and closing it again would release it (POSIX record locks are per process).
+        """
+        mine = str(os.getpid())
+        leftovers = [(e, m.group(1), m.group(2)) for shard in (self.root / stage).glob("??")
+                     for e in shard.iterdir() if (m := _LEFTOVER.fullmatch(e.name))]
+        busy = {k for _, k, pid in leftovers if pid == mine} | {key}
+        for entry, k, pid in leftovers:
+            if k in busy:
+                if k == key and pid != mine:
+                    shutil.rmtree(entry, ignore_errors=True)  # we hold this key's lock: nobody else builds it
+                continue
+            if fcntl is None:
+                continue
+            fd = os.open(entry.parent / f".{k}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live build
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                os.close(fd)
 
     @contextlib.contextmanager
     def locked(self, stage: str, key: str) -> Iterator[None]:
@@ -236,6 +296,7 @@ class StageCache:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         ended = time.time()
+        outputs = record_outputs(tmp)
         manifest = {
             "stage": stage,
             "version": version,
@@ -247,6 +308,7 @@ class StageCache:
             "ended": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(ended)),
             "duration_s": round(ended - started, 3),
             **json.loads(canonical_json(extra)),
+            "outputs": outputs,
         }
         # The manifest is written last, inside the temporary folder: its presence marks completion.
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -265,6 +327,7 @@ class StageCache:
         if p.is_dir():
             if not (p / MANIFEST).is_file():
                 raise DataError(p, "not a finished pointparse artefact (no manifest.json)")
+            _check_intact(p)
             return p
         ref = str(ref)
         if len(ref) >= 6 and all(c in "0123456789abcdef" for c in ref):
@@ -275,6 +338,7 @@ class StageCache:
                 if sub.is_dir():
                     hits += [d for d in sub.iterdir() if d.name.startswith(ref) and (d / MANIFEST).is_file()]
             if len(hits) == 1:
+                _check_intact(hits[0])
                 return hits[0]
             if len(hits) > 1:
                 raise ConfigError(f"artefact key prefix {ref!r} is ambiguous: {', '.join(h.name[:12] for h in hits)}")
@@ -310,6 +374,48 @@ class StageCache:
             n += sum(1 for _ in target.glob("*/*/" + MANIFEST))
             shutil.rmtree(target)
         return n
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def record_outputs(folder: Path) -> dict[str, dict]:
+    """What a finished artefact holds: ``{relative path: {"size": bytes[, "sha256": hex]}}`` (the
+    hash for files up to :data:`HASH_LIMIT`), written into its manifest."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder).as_posix()
+        if p.is_file() and not p.is_symlink() and rel != MANIFEST:
+            size = p.stat().st_size
+            out[rel] = {"size": size, **({"sha256": _sha256(p)} if size <= HASH_LIMIT else {})}
+    return out
+
+
+def stale_reason(folder: Path) -> str | None:
+    """Why a finished artefact no longer matches the files its manifest records, or ``None``
+    (also for artefacts written before manifests recorded their files)."""
+    try:
+        outputs = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("outputs")
+    except (OSError, ValueError, AttributeError):
+        return "its manifest.json is unreadable"
+    if not isinstance(outputs, dict):
+        return None
+    for rel, rec in outputs.items():
+        try:
+            size = (folder / rel).stat().st_size
+        except OSError:
+            return f"{rel} is missing"
+        if size != rec.get("size") or ("sha256" in rec and _sha256(folder / rel) != rec["sha256"]):
+            return f"{rel} has changed"
+    return None
+
+
+def _check_intact(folder: Path) -> None:
+    """An artefact used as an input must still hold what it was written with."""
+    why = stale_reason(folder)
+    if why is not None:
+        raise DataError(folder, f"{why} since this artefact was written; run the command that made it again")
 
 
 def _is_stage_folder(path: Path, allow_empty: bool = False) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import StageCache, StageResult, fingerprint_files
+from .cache import StageCache, StageResult, content_fingerprint, fingerprint_files
 from .datasets import DATASET_KINDS, SegmentationDataset, open_dataset
 from .errors import ConfigError, DataError, unknown_choice
 from .io import read_json
@@ -176,7 +176,11 @@ def plan_train(spec: DatasetSpec, dataset: SegmentationDataset | None, train_cfg
         inputs["val"] = dataset_fingerprint(spec.with_split(val_split), None if spec.kind == SYNTHETIC_KIND
                                             else open_dataset(spec.kind, spec.root, split=val_split, **spec.options),
                                             content_hash)
-    params = {"train": dataclasses.replace(train_cfg, workers=0, device="", log_every=0), "val_split": val_split,
+    train = dataclasses.asdict(dataclasses.replace(train_cfg, workers=0, device="", log_every=0))
+    if train_cfg.weights not in ("imagenet", "none"):  # a local state dict: its bytes count, not its path
+        inputs["weights"] = content_fingerprint(train_cfg.weights)
+        train["weights"] = "file"
+    params = {"train": train, "val_split": val_split,
               "eval": dataclasses.replace(eval_cfg, workers=0, device="") if val_split else None}
     return params, inputs
 

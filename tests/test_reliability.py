@@ -99,3 +99,102 @@ def test_a_killed_holder_releases_the_lock(tmp_path, procs):
     log = (tmp_path / "log").read_text().splitlines()
     assert log[0].startswith(f"start {a.pid} []") and log[1].startswith(f"start {b.pid} ['epoch0'")
     assert {(Path(out[1]) / f"epoch{i}").read_text() for i in range(3)} == {str(b.pid)}
+
+
+# ------------------------------------------------------------------------------------------------
+# item 5: nothing stale is reused
+# ------------------------------------------------------------------------------------------------
+
+
+def test_weights_file_is_fingerprinted_by_content(tmp_path):
+    """Overwriting --weights W.pt changes the train key; the same bytes elsewhere do not."""
+    from pointparse.cache import stage_key
+    from pointparse.evaluate import EvalConfig
+    from pointparse.stages import DatasetSpec, plan_train
+    from pointparse.train import TrainConfig
+
+    spec = DatasetSpec(kind="synthetic", options={"seed": 1, "size": 32})
+
+    def key(path: Path) -> str:
+        params, inputs = plan_train(spec, None, TrainConfig(weights=str(path)), "p" * 64, None, EvalConfig())
+        return stage_key("train", 1, params, inputs)
+
+    w = tmp_path / "W.pt"
+    w.write_bytes(b"first weights")
+    k1 = key(w)
+    (tmp_path / "moved").mkdir()
+    (tmp_path / "moved" / "W.pt").write_bytes(b"first weights")
+    assert key(tmp_path / "moved" / "W.pt") == k1
+    w.write_bytes(b"other weights")
+    assert key(w) != k1
+
+
+def _folder_dataset(root: Path, n: int = 3, size: int = 24) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("0 ground 0:128:0\n1 thing 128:0:0\n")
+    for i in range(n):
+        img = np.full((size, size, 3), 40 * i, np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        mask[4:12, 4:12] = 1
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def test_a_finished_artefact_missing_a_file_is_recomputed_and_says_why(tmp_path):
+    from click.testing import CliRunner
+
+    from pointparse.cli.main import main
+
+    root = _folder_dataset(tmp_path / "data")
+    args = ["make-points", "--dataset", "folder", "--root", str(root), "--cache-dir", str(tmp_path / "c"), "-q",
+            "--workers", "0"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    art = next((tmp_path / "c").glob("make-points/*/*/manifest.json")).parent
+    good = (art / "points.json").read_bytes()
+    (art / "points.json").unlink()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "wrote artefact" in again.output, again.output
+    assert "points.json is missing since the artefact was written; recomputing" in again.output
+    assert (art / "points.json").read_bytes() == good
+    # an edited file: the artefact is no longer used as an input either (one line, no traceback)
+    (art / "points.json").write_bytes(good.replace(b'"annotations"', b'"annotations" ', 1))
+    train = CliRunner().invoke(main, ["train", "--dataset", "folder", "--root", str(root), "--points", str(art),
+                                      "--cache-dir", str(tmp_path / "c"), "--weights", "none", "--epochs", "1"])
+    assert train.exit_code != 0 and "points.json has changed" in train.output and "Traceback" not in train.output
+
+
+# holds the lock of a key as a live build does (StageCache.locked: lockf on .<key>.lock in its shard)
+HOLD_LOCK = textwrap.dedent("""
+    import fcntl, os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+    fcntl.lockf(fd, fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_stale_temporary_folders_are_cleaned_at_the_next_run(tmp_path, procs):
+    from pointparse.cache import StageCache
+
+    cache = StageCache(tmp_path / "c")
+    shard = tmp_path / "c" / "make-points" / "ab"
+    shard.mkdir(parents=True)
+    dead = shard / f".{'ab' * 32}.999999.tmp"  # a killed run's folder: nobody holds its lock
+    old = shard / f".{'ab' + 'cd' * 31}.old-999999"
+    live_key = "ab" + "ef" * 31
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(shard / f".{live_key}.lock")],
+                              stdout=subprocess.PIPE, text=True)
+    procs.append(holder)
+    assert holder.stdout.readline().strip() == "locked"
+    live = shard / f".{live_key}.{holder.pid}.tmp"  # a live build's folder
+    for d in (dead, old, live):
+        d.mkdir()
+        (d / "big.bin").write_bytes(b"x" * 1000)
+    cache.run("make-points", 1, {"any": 1}, {}, lambda d: None)
+    assert not dead.exists() and not old.exists() and live.exists()
