@@ -219,7 +219,7 @@ class StageCache:
                                    _read_manifest(self.path_for(stage, key)))
             if lock:
                 self._sweep(stage, key)
-            return self._build(stage, version, key, params, inputs, build, resume)
+            return self._build(stage, version, key, params, inputs, build, resume, fresh=force and lock)
 
     def _sweep(self, stage: str, key: str) -> None:
         """Remove the temporary folders killed runs of this stage left behind.
@@ -280,12 +280,15 @@ class StageCache:
             os.close(fd)  # releases the lock
 
     def _build(self, stage: str, version: int | str, key: str, params: Any, inputs: Any,
-               build: Callable[[Path], dict | None], resume: bool) -> StageResult:
-        """Build (stage, key) in a temporary folder and rename it into place (caller holds the lock)."""
+               build: Callable[[Path], dict | None], resume: bool, fresh: bool = False) -> StageResult:
+        """Build (stage, key) in a temporary folder and rename it into place (caller holds the lock).
+
+        ``fresh`` (``--force``) also discards a resumable partial run: forcing means starting over.
+        """
         final = self.path_for(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{key}.partial") if resume else final.with_name(f".{key}.{os.getpid()}.tmp")
-        if not resume and tmp.exists():
+        if (fresh or not resume) and tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True, exist_ok=True)
         started = time.time()

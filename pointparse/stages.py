@@ -216,6 +216,7 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         from .io import write_json
 
         write_json(tmp / "job.json", job)
+        discard_corrupt_checkpoint(tmp, cache.echo)
         if gpus and gpus > 1 or torchrun_args:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(gpus, 1)}",
                    *(torchrun_args or ["--standalone"]), "-m", "pointparse.worker", str(tmp)]
@@ -237,6 +238,25 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
     # only a single-node run takes the cache's lock.
     return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True,
                      lock=not torchrun_args)
+
+
+def discard_corrupt_checkpoint(run_dir: Path, echo: Callable[[str], None]) -> None:
+    """A ``checkpoint.pt`` in a partial run that does not load would fail every resume (and every
+    rerun): say so in one line and remove it, so training starts over."""
+    from .train import load_checkpoint
+
+    path = run_dir / "checkpoint.pt"
+    if not path.exists():
+        return
+    try:
+        state = load_checkpoint(path)
+        missing = [k for k in ("model", "optimizer", "next_epoch") if k not in state]
+        problem = f"resumable checkpoint lacks {', '.join(missing)}" if missing else None
+    except DataError as exc:
+        problem = exc.problem
+    if problem:
+        echo(f"{path}: {problem}; discarded, training starts over")
+        path.unlink()
 
 
 def run_job(run_dir: str | Path) -> None:

@@ -198,3 +198,39 @@ def test_stale_temporary_folders_are_cleaned_at_the_next_run(tmp_path, procs):
         (d / "big.bin").write_bytes(b"x" * 1000)
     cache.run("make-points", 1, {"any": 1}, {}, lambda d: None)
     assert not dead.exists() and not old.exists() and live.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# item 6: a corrupt checkpoint in a partial run
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_corrupt_partial_checkpoint_is_discarded_and_force_starts_over(tmp_path):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pointparse.cli.main import main
+
+    root = _folder_dataset(tmp_path / "data", n=2, size=32)
+    args = ["train", "--dataset", "folder", "--root", str(root), "--supervision", "full", "--weights", "none",
+            "--backbone", "resnet18", "--epochs", "1", "--batch-size", "2", "--crop-size", "32", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "c"), "-q"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    art = next((tmp_path / "c").glob("train/*/*/manifest.json")).parent
+    partial = art.with_name(art.name + ".partial")
+
+    def corrupt() -> None:
+        partial.mkdir(exist_ok=True)
+        (partial / "checkpoint.pt").write_bytes(b"PK\x03\x04 not a checkpoint")
+
+    corrupt()  # --force with a corrupt partial run: starts over
+    forced = CliRunner().invoke(main, [*args, "--force"])
+    assert forced.exit_code == 0 and "wrote artefact" in forced.output, forced.output
+    shutil.rmtree(art)
+    corrupt()  # a plain rerun: one line says the checkpoint was discarded, then it trains
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "wrote artefact" in again.output, again.output
+    assert "checkpoint.pt: not a loadable pointparse checkpoint" in again.output and "discarded" in again.output
+    assert (art / "model.pt").is_file() and not partial.exists()
