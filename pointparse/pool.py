@@ -17,8 +17,12 @@ never needs torch, and forking a process with torch loaded costs about three tim
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -82,12 +86,41 @@ def opencv_single_threaded() -> contextlib.AbstractContextManager:
     return one_thread(cv2.getNumThreads, cv2.setNumThreads)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(parent: int) -> None:
+    """Make this (worker) process die when ``parent`` does, however it dies.
+
+    On Linux the kernel sends SIGKILL at the parent's death (``prctl(PR_SET_PDEATHSIG)``); a
+    ``kill -9`` of the parent otherwise leaves its pool workers running their current job and
+    waiting on a dead queue. If the parent died before the call, exit at once. Elsewhere this only
+    does the second check.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _init_worker(parent: int, initializer: Callable[[], None] | None) -> None:
+    die_with_parent(parent)
+    if initializer is not None:
+        initializer()
+
+
 @contextlib.contextmanager
 def fork_pool(workers: int, initializer: Callable[[], None] | None = None) -> Iterator[ProcessPoolExecutor]:
-    """A ``ProcessPoolExecutor`` of ``workers`` forked processes whose OpenCV runs single-threaded,
-    shut down on exit as ``with`` does."""
+    """A ``ProcessPoolExecutor`` of ``workers`` forked processes whose OpenCV runs single-threaded and
+    that die with this process (:func:`die_with_parent`), shut down on exit as ``with`` does.
+
+    The fork start method starts every worker up front from the calling thread, which must outlive
+    the pool: the kernel's parent-death signal follows the thread that forked.
+    """
+    init = functools.partial(_init_worker, os.getpid(), initializer)
     with opencv_single_threaded(), \
-            ProcessPoolExecutor(max_workers=workers, mp_context=fork_context(), initializer=initializer) as pool:
+            ProcessPoolExecutor(max_workers=workers, mp_context=fork_context(), initializer=init) as pool:
         yield pool
 
 

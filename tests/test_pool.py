@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -51,3 +55,46 @@ def test_fork_pools_do_not_hang_after_the_parent_used_opencv_threads():
     except subprocess.TimeoutExpired:
         pytest.fail("a forked worker pool hung after the parent had used OpenCV's thread pool")
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr[-2000:]
+
+
+# The parent prints its pool's worker pids, then waits in a long job until it is killed.
+KILLED_PARENT = textwrap.dedent("""
+    import os, time
+    from pointparse.pool import fork_pool
+
+    with fork_pool(2) as pool:
+        pids = {pool.submit(os.getpid).result() for _ in range(8)}
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        list(pool.map(time.sleep, [60, 60]))
+""")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:  # a zombie is dead
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_pool_workers_die_with_a_killed_parent():
+    """kill -9 of make-points / ablate-extension leaves no worker behind (issue 15, item 10)."""
+    parent = subprocess.Popen([sys.executable, "-c", KILLED_PARENT], stdout=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert workers and parent.pid not in workers
+        time.sleep(0.5)  # the workers are in their 60 s jobs
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)], "pool workers outlived their killed parent"
+    finally:
+        parent.kill()
+        for w in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(w, signal.SIGKILL)
