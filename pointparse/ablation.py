@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import IGNORE_INDEX
-from .cache import StageCache, StageResult, fingerprint_files, stage_key
+from .cache import StageCache, StageResult, content_fingerprint, stage_key
 from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
@@ -852,7 +852,7 @@ def _evaluate_subset(checkpoint: Path, spec, view: SplitView, fingerprint: dict,
 
     eval_cfg = EvalConfig(workers=0, device=device)
     params = {"eval": dataclasses.replace(eval_cfg, device=""), "indices": view.indices}
-    inputs = {"dataset": fingerprint, "checkpoint": fingerprint_files([checkpoint], content=True)}
+    inputs = {"dataset": fingerprint, "checkpoint": content_fingerprint(checkpoint)}
 
     def build(tmp: Path) -> dict:
         ckpt = load_checkpoint(checkpoint)
@@ -931,7 +931,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
         if train.init == "checkpoint" and network is None:
             raise ConfigError("--train from the checkpoint needs a checkpoint")
     fp = dataset_fingerprint(spec, ds, content_hash)
-    ckpt_fp = fingerprint_files([network.path], content=True) if network is not None else None
+    ckpt_fp = content_fingerprint(network.path) if network is not None else None
 
     # --- rows ------------------------------------------------------------------------------------
     row_results: list[StageResult] = []
@@ -1022,7 +1022,7 @@ def plan_ablation(spec, dataset: SegmentationDataset, points_key: str, checkpoin
     from .stages import dataset_fingerprint
 
     fp = dataset_fingerprint(spec, dataset, content_hash)
-    ckpt_fp = fingerprint_files([checkpoint], content=True) if checkpoint is not None else None
+    ckpt_fp = content_fingerprint(checkpoint) if checkpoint is not None else None
     rows = cfg.rows()
     row_keys = [stage_key("extension-row", STAGE_VERSIONS["extension-row"], _row_params(r, cfg),
                           _row_inputs(r, cfg, fp, points_key, ckpt_fp)) for r in rows]

@@ -38,7 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 from PIL import Image
 
-from .cache import MANIFEST, StageCache, StageResult, fingerprint_files, stage_key
+from .cache import MANIFEST, StageCache, StageResult, content_fingerprint, stage_key
 from .errors import ConfigError, DataError
 from .io import atomic_dir, atomic_file, read_json, write_json
 from .metrics import SegMetrics
@@ -876,7 +876,7 @@ def _report_key_parts(runs: Mapping[str, str | Path], cache: StageCache, extensi
     if ext is not None:
         man = ext.parent / MANIFEST
         inputs["extension"] = (read_json(man).get("key") if man.is_file() else None) or \
-            fingerprint_files([ext], content=True)
+            content_fingerprint(ext)
     if dataset is not None and qualitative_images > 0:
         from .stages import dataset_fingerprint, open_spec
 

@@ -312,10 +312,11 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
 
 def plan_evaluate(spec: DatasetSpec, dataset: SegmentationDataset | None, checkpoint: Path, eval_cfg,
                   content_hash: bool = False):
-    """(params, inputs) of the evaluate key: the checkpoint is fingerprinted by content."""
+    """(params, inputs) of the evaluate key: the checkpoint is fingerprinted by its bytes alone, so
+    the same model in a copied cache or at another path reuses the artefact."""
     return (dataclasses.replace(eval_cfg, workers=0, device=""),
             {"dataset": dataset_fingerprint(spec, dataset, content_hash),
-             "checkpoint": fingerprint_files([checkpoint], content=True)})
+             "checkpoint": content_fingerprint(checkpoint)})
 
 
 def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: StageCache, force: bool = False,

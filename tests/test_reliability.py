@@ -234,3 +234,32 @@ def test_a_corrupt_partial_checkpoint_is_discarded_and_force_starts_over(tmp_pat
     assert again.exit_code == 0 and "wrote artefact" in again.output, again.output
     assert "checkpoint.pt: not a loadable pointparse checkpoint" in again.output and "discarded" in again.output
     assert (art / "model.pt").is_file() and not partial.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# item 12: a checkpoint is known by its bytes, not its path
+# ------------------------------------------------------------------------------------------------
+
+
+def test_evaluate_and_ablation_keys_do_not_depend_on_the_checkpoint_path(tmp_path):
+    import shutil
+
+    from pointparse.ablation import AblationConfig, plan_ablation
+    from pointparse.cache import stage_key
+    from pointparse.evaluate import EvalConfig
+    from pointparse.stages import DatasetSpec, plan_evaluate
+
+    spec = DatasetSpec(kind="synthetic", split="val", options={"seed": 1, "size": 32})
+    a = tmp_path / "cache-a" / "train" / "model.pt"
+    a.parent.mkdir(parents=True)
+    a.write_bytes(b"model bytes")
+    b = tmp_path / "copied-cache" / "train" / "model.pt"
+    shutil.copytree(a.parent, b.parent)
+
+    def keys(ckpt: Path) -> tuple[str, str]:
+        params, inputs = plan_evaluate(spec, None, ckpt, EvalConfig())
+        return stage_key("evaluate", 1, params, inputs), plan_ablation(spec, None, "p" * 64, ckpt, AblationConfig())
+
+    assert keys(a) == keys(b)
+    b.write_bytes(b"other model")
+    assert keys(b)[0] != keys(a)[0] and keys(b)[1] != keys(a)[1]
