@@ -352,6 +352,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: a pipeline file is a mapping with 'stages'")
     apply_overrides(doc, overrides or [], path)
@@ -363,6 +365,11 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     for k in doc:
         if k not in ("name", "description", "datasets", "defaults", "stages"):
             err(_line(doc, k), f"unknown top-level key {k!r}; valid: name, description, datasets, defaults, stages")
+    # every mapping the rest reads: a list or a scalar in its place is one error, not a traceback
+    for k in ("datasets", "defaults", "stages"):
+        if doc.get(k) is not None and not isinstance(doc[k], dict):
+            err(_line(doc, k), f"{k!r} must be a mapping (name: ...), got a {type(doc[k]).__name__}")
+            doc[k] = None
     kinds = stage_kinds()
     datasets: dict[str, DatasetSpec] = {}
     for name, d in (doc.get("datasets") or {}).items():
@@ -372,12 +379,16 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         bad = [k for k in d if k not in ("kind", "root", "options")]
         if bad:
             err(_line(d, bad[0]), f"dataset {name!r}: unknown field(s) {bad}; valid: kind, root, options")
+        if not _mapping(d, "options", f"dataset {name!r}", err):
+            continue
         datasets[name] = DatasetSpec(kind=d["kind"], root=str(d.get("root") or ""), split="train",
                                      options=dict(d.get("options") or {}))
     defaults = doc.get("defaults") or {}
-    for k in defaults:
+    for k in list(defaults):
         if k not in kinds:
             err(_line(defaults, k), f"defaults for unknown stage kind {k!r}; valid: {', '.join(sorted(kinds))}")
+        elif not _mapping(defaults, k, "defaults", err):
+            defaults[k] = None
     raw_stages = doc.get("stages") or {}
     if not raw_stages:
         err(_line(doc), "the pipeline has no stages")
@@ -394,6 +405,13 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
             err(_line(s, "kind") or line, f"stage {name!r}: unknown stage kind {kind!r}; valid: {valid}")
             continue
         sk = kinds[kind]
+        if not (_mapping(s, "params", f"stage {name!r}", err) and _mapping(s, "matrix", f"stage {name!r}", err)):
+            continue
+        if isinstance(s.get("after"), str):  # one stage name: a list of one
+            s["after"] = [s["after"]]
+        elif s.get("after") is not None and not isinstance(s["after"], list):
+            err(_line(s, "after"), f"stage {name!r}: 'after' must be a stage name or a list of them")
+            s["after"] = None
         for f in s:
             if f not in COMMON_FIELDS + sk.fields + sk.refs:
                 err(_line(s, f), f"stage {name!r}: unknown field {f!r} for kind {kind!r}; valid: "
@@ -442,12 +460,14 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
                 continue
             targets = list(v.values()) if isinstance(v, dict) else (v if isinstance(v, list) else [v])
             for t in targets:
-                if t not in groups:
+                if not isinstance(t, str):
+                    err(_line(st.spec, r), f"stage {st.name!r}: {r} must name stages, got {t!r}")
+                elif t not in groups:
                     err(_line(st.spec, r), f"stage {st.name!r}: {r} refers to unknown stage {t!r}")
                 else:
                     refs += groups[t]
         for t in st.spec.get("after") or []:
-            if t not in groups:
+            if not isinstance(t, str) or t not in groups:
                 err(_line(st.spec, "after"), f"stage {st.name!r}: after refers to unknown stage {t!r}")
             else:
                 refs += groups[t]
@@ -458,6 +478,15 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if errors:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(errors))
     return Pipeline(path, str(doc.get("name") or path.stem), datasets, stages, order)
+
+
+def _mapping(node: dict, key: str, where: str, err) -> bool:
+    """Whether ``node[key]`` is absent or a mapping; otherwise report it (one error) and say no."""
+    v = node.get(key)
+    if v is None or isinstance(v, dict):
+        return True
+    err(_line(node, key), f"{where}: {key!r} must be a mapping (name: value), got a {type(v).__name__}")
+    return False
 
 
 def _toposort(stages: dict[str, Stage], err) -> list[str]:

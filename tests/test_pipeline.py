@@ -163,3 +163,44 @@ def test_every_stage_kind_runs_and_the_dry_run_knows_every_key(tmp_path):
                                                ("points", "pdml", "plain", "val_points", "full", "again", "table",
                                                 "report")}
     assert report.parent.name.startswith(next(ln[2] for ln in lines if ln[0] == "report"))
+
+
+BASE = """\
+datasets:
+  scenes: {kind: synthetic, options: {seed: 0, size: 32}}
+stages:
+  points: {kind: make-points, dataset: scenes}
+"""
+
+
+@pytest.mark.parametrize("text, expected", [
+    (BASE + "  again: {kind: make-points, dataset: scenes, after: points}\n", None),  # a string is one name
+    (BASE + "  again: {kind: make-points, dataset: scenes, after: nope}\n", "unknown stage 'nope'"),
+    (BASE + "  again: {kind: make-points, dataset: scenes, after: {a: 1}}\n", "'after' must be a stage name"),
+    (BASE + "  again: {kind: make-points, dataset: scenes, params: [1, 2]}\n", "'params' must be a mapping"),
+    (BASE + "  again: {kind: make-points, dataset: scenes, matrix: [1]}\n", "'matrix' must be a mapping"),
+    (BASE.replace("options: {seed: 0, size: 32}", "options: [seed]"), "'options' must be a mapping"),
+    (BASE + "defaults: [train]\n", "'defaults' must be a mapping"),
+    (BASE + "defaults: {train: [1]}\n", "'train' must be a mapping"),
+    ("datasets: [a]\nstages: {}\n", "'datasets' must be a mapping"),
+    ("stages: [a, b]\n", "'stages' must be a mapping"),
+])
+def test_malformed_pipelines_are_one_clear_error(tmp_path, text, expected):
+    """A list where a mapping belongs, or `after: points` as a string, is one message naming the
+    field, never a traceback nor one error per character (issue 15, items 7 and 9)."""
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    if expected is None:
+        pipe = load_pipeline(path)
+        assert pipe.stages["again"].deps == ["points"]
+        return
+    with pytest.raises(ConfigError) as exc:
+        load_pipeline(path)
+    assert expected in str(exc.value) and "'p'" not in str(exc.value)
+
+
+def test_a_non_utf8_pipeline_file_is_one_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"name: caf\xe9\nstages: {}\n")
+    res = CliRunner().invoke(main, ["run", str(path), "--dry-run"])
+    assert res.exit_code != 0 and "not a UTF-8 text file" in res.output and str(path) in res.output
