@@ -10,19 +10,32 @@ Stage versions are bumped whenever a stage's output would change for the same in
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cache import StageCache, StageResult, content_fingerprint, fingerprint_files
+from .cache import StageCache, StageResult, content_fingerprint, fingerprint_files, stage_key
 from .datasets import DATASET_KINDS, SegmentationDataset, open_dataset
 from .errors import ConfigError, DataError, unknown_choice
 from .io import read_json
 
 SYNTHETIC_KIND = "synthetic"
 STAGE_VERSIONS = {"scenes": 1, "make-points": 1, "train": 2, "evaluate": 1}
+
+#: Several nodes (``torchrun_args`` with ``--nnodes``) run the same train stage into one shared
+#: ``<key>.partial`` folder. Each node's launcher hands its torchrun a fresh token in this variable;
+#: global rank 0 writes the token it got into ``RANK0_LAUNCH_FILE``, so after training exactly one
+#: node (the one whose torchrun held rank 0; c10d assigns ranks, ``--node-rank`` is ignored) puts
+#: the artefact in place and the others wait for it.
+LAUNCH_TOKEN_ENV = "POINTPARSE_LAUNCH_TOKEN"
+RANK0_LAUNCH_FILE = ".rank0-launch"
+#: how long a node that did not hold rank 0 waits for the artefact after its torchrun ended
+AWAIT_ARTEFACT_S = 600.0
 
 
 @dataclass
@@ -220,10 +233,13 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         if gpus and gpus > 1 or torchrun_args:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(gpus, 1)}",
                    *(torchrun_args or ["--standalone"]), "-m", "pointparse.worker", str(tmp)]
-            proc = subprocess.run(cmd)
+            token = uuid.uuid4().hex
+            proc = subprocess.run(cmd, env={**os.environ, LAUNCH_TOKEN_ENV: token})
             if proc.returncode != 0:
                 raise ConfigError(f"torchrun exited with code {proc.returncode}; the partial run in {tmp} "
                                   "resumes from its last checkpoint when started again")
+            if _rank0_token(tmp) != token:  # another node's rank 0 (it may have moved tmp into place already)
+                raise _FinishedOnAnotherNode(tmp)
         else:
             run_job(tmp)
         out = {}
@@ -234,10 +250,55 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         out["points_dir"] = str(points_dir) if points_dir else None
         return out
 
+    key = stage_key("train", STAGE_VERSIONS["train"], params, inputs)
     # Several nodes share one partial folder by design (each node's command holds its own ranks), so
     # only a single-node run takes the cache's lock.
-    return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True,
-                     lock=not torchrun_args)
+    try:
+        return cache.run("train", STAGE_VERSIONS["train"], params, inputs, build, force=force, resume=True,
+                         lock=not torchrun_args)
+    except _FinishedOnAnotherNode as other:
+        return _await_artefact(cache, "train", key, other.tmp)
+
+
+class _FinishedOnAnotherNode(Exception):
+    """Training ended and another node's command (the one that launched rank 0) finalises it."""
+
+    def __init__(self, tmp: Path):
+        super().__init__(str(tmp))
+        self.tmp = tmp
+
+
+def _rank0_token(run_dir: Path) -> str | None:
+    """The launch token global rank 0 saw (``None`` when ``run_dir`` is gone: another node renamed it)."""
+    try:
+        return (run_dir / RANK0_LAUNCH_FILE).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+
+
+def _mark_rank0_launch(run_dir: Path) -> None:
+    """Under torchrun, global rank 0 records its launcher's token (see ``LAUNCH_TOKEN_ENV``)."""
+    token = os.environ.get(LAUNCH_TOKEN_ENV)
+    if token and os.environ.get("RANK") == "0":
+        from .io import atomic_file
+
+        with atomic_file(run_dir / RANK0_LAUNCH_FILE) as tmp:
+            Path(tmp).write_text(token + "\n", encoding="utf-8")
+
+
+def _await_artefact(cache: StageCache, stage: str, key: str, tmp: Path, timeout: float | None = None) -> StageResult:
+    """Wait until another node has renamed ``tmp`` into the finished artefact, and return it."""
+    timeout = AWAIT_ARTEFACT_S if timeout is None else timeout
+    deadline = time.monotonic() + timeout
+    while True:
+        hit = cache.lookup(stage, key)
+        if hit is not None and not tmp.exists():
+            return StageResult(stage, key, hit, False, read_json(hit / "manifest.json"))
+        if time.monotonic() > deadline:
+            raise ConfigError(f"training finished, but the node whose torchrun held rank 0 did not put {tmp} "
+                              f"in place as {cache.path_for(stage, key)} within {timeout:.0f} s; see that "
+                              "node's output (the trained files are in the partial folder)")
+        time.sleep(0.5)
 
 
 def discard_corrupt_checkpoint(run_dir: Path, echo: Callable[[str], None]) -> None:
@@ -265,6 +326,7 @@ def run_job(run_dir: str | Path) -> None:
     from .train import TrainConfig, train
 
     run_dir = Path(run_dir)
+    _mark_rank0_launch(run_dir)
     job = read_json(run_dir / "job.json")
     cache = StageCache(job["cache"])
     spec = DatasetSpec(**job["spec"])
