@@ -28,9 +28,16 @@ def _open(path: Path) -> Image.Image:
     try:
         img = Image.open(path)
         img.load()
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, _bomb(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"cannot decode image file ({exc.__class__.__name__}: {exc})") from None
     return img
+
+
+def _bomb(exc: Exception) -> str:
+    # PIL refuses images over twice Image.MAX_IMAGE_PIXELS (a decompression bomb guard)
+    return f"image is too large to decode safely ({exc}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
 
 
 def image_size(path: str | Path) -> tuple[int, int]:
@@ -41,6 +48,8 @@ def image_size(path: str | Path) -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             w, h = img.size
+    except Image.DecompressionBombError as exc:
+        raise DataError(path, _bomb(exc)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
     return h, w

@@ -263,3 +263,23 @@ def test_evaluate_and_ablation_keys_do_not_depend_on_the_checkpoint_path(tmp_pat
     assert keys(a) == keys(b)
     b.write_bytes(b"other model")
     assert keys(b)[0] != keys(a)[0] and keys(b)[1] != keys(a)[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# items 7 and 8: one line, not a traceback; nothing accepted silently
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_decompression_bomb_is_one_error_naming_the_file(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from pointparse.errors import DataError
+    from pointparse.io import image_size, read_image, read_label
+
+    path = tmp_path / "bomb.png"
+    Image.fromarray(np.zeros((40, 40), np.uint8)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 1600 pixels > 2 x 100: PIL's bomb error
+    for read in (read_image, read_label, image_size):
+        with pytest.raises(DataError, match="bomb.png: image is too large to decode safely"):
+            read(path)
