@@ -1,0 +1,268 @@
+"""The recipe study of README "Results": named settings × seeds on one folder dataset, with the
+selection rules written down before any number is seen.
+
+Every run trains with ``pointparse.train.train`` (the library's loop, nothing special-cased) and
+is evaluated with ``pointparse.evaluate.evaluate_model`` on the validation split; one JSON line
+per run (name, phase, full config, seed, mIoU, pixel accuracy, per-class IoU, per-epoch
+dis(+)/dis(−)/active triples/extension accuracy and coverage, seconds) is appended to ``--out``
+as soon as the run ends, so a killed study loses nothing.
+
+Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 256 px crops):
+
+* **A1 heads and optimisers** (FullSup and PointSup, 3 seeds): ``paper-cpu`` (ASPP-v2, SGD lr
+  2.5e-3, head ×10: the recipe before this study), ``v3+`` (DeepLabv3+ head, same SGD),
+  ``v3+ sgd1e-2 x1`` (one SGD rate 1e-2 for all layers, torchvision's reference style),
+  ``v3+ adamw`` (AdamW 2e-4, head ×10, wd 1e-2). Winner: the best mean over seeds of
+  (FullSup mIoU + PointSup mIoU) / 2.
+* **A2 one factor at a time on the A1 winner** (same two rows, 3 seeds): frozen backbone BN,
+  the stride-8 decoder tap, scale augmentation 0.5–1.5. Only changes that keep the CPU cost of a
+  step are eligible (output stride 8 costs ~3× on 2 cores and is not tried). The factor with the
+  best score is adopted if it beats the winner's score by more than 0.5; that is the recipe.
+* **B the paper's additions on the recipe** (3 seeds): PDML paper / relative / relative-detached
+  / normalized; PointSup + extension (agree, arg-max); each of PDML paper / relative /
+  normalized + each extension; Gated CRF 0.1 and 0.3; class-balanced CE (sqrt, inverse); the
+  paper's learning rates over 24 epochs with PDML (does the collapse come, and when).
+* **C combinations** (3 seeds): CRF (better weight) + best PDML variant + best extension
+  reading (best = highest mean mIoU among the B rows); the best PDML variant embedding the
+  backbone's features instead of the decoder's.
+
+    python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
+    python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import dataclasses
+import functools
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BUDGET = dict(epochs=12, batch_size=8, crop_size=256, scale_min=0.5, scale_max=1.0, output_stride=16,
+              backbone="efficientnet_lite0", amp="off", workers=0, log_every=1000)
+FULL = dict(supervision="full", pdml=False)
+POINTS = dict(pdml=False)
+A1 = {
+    "paper-cpu": dict(head="aspp-v2", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
+    "v3+": dict(head="deeplabv3+", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
+    "v3+ sgd1e-2 x1": dict(head="deeplabv3+", optimizer="sgd", lr=1e-2, head_lr_mult=1.0),
+    "v3+ adamw": dict(head="deeplabv3+", optimizer="adamw", lr=2e-4, head_lr_mult=10.0, weight_decay=1e-2),
+}
+A2 = {"frozen-bn": dict(freeze_bn=True), "tap s8": dict(low_level_stride=8), "scale 0.5-1.5": dict(scale_max=1.5)}
+ADOPT_MARGIN = 0.5
+SEEDS = (0, 1, 2)
+EXT = {"agree": dict(extension="agree", threshold=0.7, region=5),
+       "argmax": dict(extension="score+region", threshold=0.7, region=5)}
+PDML = {v: dict(pdml=True, pdml_variant=v) for v in ("paper", "relative", "relative-detached", "normalized")}
+
+
+# ------------------------------------------------------------------------------------ one run
+
+_STATE: dict = {}
+
+
+def _init_worker(root: str, val_split: str, points_dir: str, weights: str, device: str, threads: int) -> None:
+    import torch
+
+    from pointparse.datasets import open_dataset
+    from pointparse.stages import _points_dict
+
+    torch.set_num_threads(threads)
+    train = open_dataset("folder", root, split="train")
+    val = open_dataset("folder", root, split=val_split)
+    for ds in (train, val):  # decoded once per worker process, reused by every run
+        ds.load_image = functools.lru_cache(maxsize=None)(ds.load_image)
+        ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
+        ds.load = functools.lru_cache(maxsize=None)(ds.load)
+    points, _ = _points_dict(Path(points_dir))
+    _STATE.update(train=train, val=val, points=points, weights=weights, device=device)
+
+
+def _run(job: dict) -> dict:
+    import torch
+
+    from pointparse.evaluate import EvalConfig, evaluate_model
+    from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
+    from pointparse.train import TrainConfig, model_from_checkpoint, train
+
+    cfg = TrainConfig(**job["config"], weights=_STATE["weights"], device=_STATE["device"])
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            train(cfg, _STATE["train"], _STATE["points"] if cfg.supervision == "points" else None, tmp, progress=False)
+        except Exception as exc:  # a diverged or broken run is a result too
+            return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
+        epochs = [json.loads(l) for l in (Path(tmp) / "epochs.jsonl").read_text().splitlines()]
+        ckpt = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=True)
+    model, info = model_from_checkpoint(ckpt)
+    device = torch.device(_STATE["device"] if _STATE["device"] != "auto" else
+                          ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    m, _ = evaluate_model(model, _STATE["val"], info.num_classes, EvalConfig(workers=0, amp="off"), device,
+                       IMAGENET_MEAN, IMAGENET_STD, progress=False)
+    keep = ("epoch", "loss", "ce", "pdml", "crf", "dis_pos", "dis_neg", "active_triples", "ext_accuracy",
+            "ext_coverage", "ext_pixels_per_image", "time_s")
+    return {**job, "miou": 100 * m.miou, "pixel_acc": 100 * m.pixel_acc,
+            "iou": [None if x != x else round(100 * float(x), 2) for x in m.iou],
+            "epochs": [{k: r.get(k) for k in keep if k in r} for r in epochs],
+            "seconds": time.perf_counter() - t0, "device": str(device)}
+
+
+# ------------------------------------------------------------------------------------- phases
+
+
+def _job(phase: str, name: str, row: str, config: dict, seed: int) -> dict:
+    return {"phase": phase, "name": name, "row": row, "seed": seed, "config": {**BUDGET, **config, "seed": seed}}
+
+
+def _score(results: list[dict], name: str, rows=("FullSup", "PointSup")) -> float | None:
+    vals = []
+    for row in rows:
+        got = [r["miou"] for r in results if r["name"] == name and r["row"] == row and "miou" in r]
+        if not got:
+            return None
+        vals.append(statistics.mean(got))
+    return statistics.mean(vals)
+
+
+def _mean(results: list[dict], name: str) -> float | None:
+    got = [r["miou"] for r in results if r["name"] == name and "miou" in r]
+    return statistics.mean(got) if got else None
+
+
+class Study:
+    def __init__(self, pool: cf.Executor, out: Path, deadline: float, seeds=SEEDS, max_jobs: int = 0):
+        self.pool, self.out, self.deadline, self.seeds = pool, out, deadline, seeds
+        self.max_jobs = max_jobs
+        self.results: list[dict] = []
+
+    def run(self, jobs: list[dict]) -> list[dict]:
+        """Run jobs (in order of priority); those not started by the deadline are skipped."""
+        if self.max_jobs:
+            jobs = jobs[:self.max_jobs]
+        futures = {}
+        for job in jobs:
+            futures[self.pool.submit(_run, job)] = job
+        done = []
+        for fut in cf.as_completed(futures):
+            try:
+                res = fut.result()
+            except cf.CancelledError:
+                continue
+            except Exception as exc:  # a crashed worker process
+                res = {**futures[fut], "error": f"{type(exc).__name__}: {exc}"}
+            done.append(res)
+            self.results.append(res)
+            with open(self.out, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(res) + "\n")
+            line = f"{res['phase']:2s} {res['name']:36s} {res['row']:9s} seed {res['seed']}"
+            print(line + (f"  mIoU {res['miou']:5.1f}  acc {res['pixel_acc']:5.1f}  {res['seconds']:.0f}s"
+                          if "miou" in res else f"  ERROR {res.get('error')}"), flush=True)
+            if time.time() > self.deadline:
+                for f in futures:
+                    f.cancel()
+        return done
+
+    def rows(self, phase: str, name: str, config: dict, which=("FullSup", "PointSup")) -> list[dict]:
+        base = {"FullSup": FULL, "PointSup": POINTS}
+        return [_job(phase, name, row, {**config, **base[row]}, s) for s in self.seeds for row in which]
+
+
+def plan_and_run(study: Study) -> dict:
+    # A1: heads and optimisers
+    study.run([j for name, c in A1.items() for j in study.rows("A1", name, c)])
+    scores = {n: _score(study.results, n) for n in A1}
+    winner = max((n for n in scores if scores[n] is not None), key=lambda n: scores[n], default="paper-cpu")
+    recipe = dict(A1[winner])
+    # A2: one factor at a time on the winner
+    study.run([j for f, c in A2.items() for j in study.rows("A2", f"{winner} + {f}", {**recipe, **c})])
+    a2 = {f: _score(study.results, f"{winner} + {f}") for f in A2}
+    best = max((f for f in a2 if a2[f] is not None), key=lambda f: a2[f], default=None)
+    recipe_name = winner
+    if best is not None and scores[winner] is not None and a2[best] > scores[winner] + ADOPT_MARGIN:
+        recipe = {**recipe, **A2[best]}
+        recipe_name = f"{winner} + {best}"
+    print(f"# recipe: {recipe_name} {recipe}  (A1 {scores}, A2 {a2})", flush=True)
+
+    # B: the paper's additions on the recipe
+    def pts(phase, name, c):
+        return [_job(phase, name, "PointSup", {**recipe, **POINTS, **c}, s) for s in study.seeds]
+
+    jobs = []
+    for v, c in PDML.items():
+        jobs += pts("B", f"PDML {v}", c)
+    for e, c in EXT.items():
+        jobs += pts("B", f"Ext {e}", c)
+    for v in ("paper", "relative", "normalized"):
+        for e, c in EXT.items():
+            jobs += pts("B", f"PDML {v} + Ext {e}", {**PDML[v], **c})
+    for w in (0.1, 0.3):
+        jobs += pts("B", f"CRF {w}", dict(crf_weight=w))
+    for cb in ("sqrt", "inverse"):
+        jobs += pts("B", f"class-balanced {cb}", dict(class_balance=cb))
+    # the collapse at the paper's learning rate (one seed, logged per epoch)
+    jobs.append(_job("B", "PDML paper lr 2.5e-4 24 ep (paper-cpu head)", "PointSup",
+                     {**A1["paper-cpu"], **POINTS, **PDML["paper"], "lr": 2.5e-4, "epochs": 24}, 0))
+    jobs.append(_job("B", "PDML paper lr 2.5e-4 24 ep (recipe)", "PointSup",
+                     {**recipe, **POINTS, **PDML["paper"], "lr": recipe["lr"] / 10, "epochs": 24}, 0))
+    study.run(jobs)
+
+    # C: combinations of the best of B
+    pdml_best = max(PDML, key=lambda v: _mean(study.results, f"PDML {v}") or -1)
+    ext_best = max(EXT, key=lambda e: _mean(study.results, f"Ext {e}") or -1)
+    crf_best = max((0.1, 0.3), key=lambda w: _mean(study.results, f"CRF {w}") or -1)
+    jobs = pts("C", f"CRF {crf_best} + PDML {pdml_best} + Ext {ext_best}",
+               {**PDML[pdml_best], **EXT[ext_best], "crf_weight": crf_best})
+    if recipe.get("head") == "deeplabv3+":
+        jobs += pts("C", f"PDML {pdml_best} embedding the backbone", {**PDML[pdml_best], "embed": "backbone"})
+    study.run(jobs)
+    return {"recipe_name": recipe_name, "recipe": recipe, "a1": scores, "a2": a2,
+            "best": {"pdml": pdml_best, "ext": ext_best, "crf": crf_best}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", required=True, help="folder dataset (images/, labels/, classes.txt)")
+    ap.add_argument("--val-split", default="val")
+    ap.add_argument("--out", required=True, help="results JSONL (appended)")
+    ap.add_argument("--weights", default="imagenet", help="imagenet | PATH of the backbone state dict")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at a time (processes)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads per process")
+    ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
+    ap.add_argument("--epochs", type=int, default=None, help="override the budget (smoke tests only)")
+    ap.add_argument("--max-jobs-per-phase", type=int, default=0, help="smoke tests only (0 = all)")
+    args = ap.parse_args()
+
+    from pointparse.cache import StageCache
+    from pointparse.points import MakePointsConfig
+    from pointparse.stages import DatasetSpec, run_make_points
+
+    if args.epochs:
+        BUDGET["epochs"] = args.epochs
+    with tempfile.TemporaryDirectory() as cache_dir:
+        pts = run_make_points(DatasetSpec("folder", args.root, "train"), MakePointsConfig(), StageCache(cache_dir),
+                              progress=False)
+        print(f"# points: {pts.manifest.get('summary')}", flush=True)
+        ctx = mp.get_context("spawn")  # CUDA in the workers
+        init = (args.root, args.val_split, str(pts.path), args.weights, args.device, args.threads)
+        deadline = time.time() + args.deadline if args.deadline else float("inf")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with cf.ProcessPoolExecutor(args.parallel, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
+            summary = plan_and_run(Study(pool, Path(args.out), deadline, tuple(args.seeds),
+                                                 args.max_jobs_per_phase))
+    with open(args.out, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"summary": summary, "budget": BUDGET, "argv": sys.argv[1:]}) + "\n")
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
