@@ -147,6 +147,9 @@ class Study:
         """Run jobs (in order of priority); those not started by the deadline are skipped."""
         if self.max_jobs:
             jobs = jobs[:self.max_jobs]
+        if time.time() > self.deadline:
+            print(f"# deadline passed: {len(jobs)} runs not started", flush=True)
+            return []
         futures = {}
         for job in jobs:
             futures[self.pool.submit(_run, job)] = job
