@@ -173,9 +173,27 @@ def _points_dict(points_dir: Path) -> tuple[dict, Any]:
 def check_points_match(points_info, dataset: SegmentationDataset, points_path: Path) -> None:
     """A points artefact must come from the same classes as the dataset it trains on."""
     if tuple(points_info.classes) != tuple(dataset.info.classes):
-        raise DataError(points_path, f"the points were made for {points_info.num_classes} classes "
-                                     f"({points_info.protocol}) but the dataset has {dataset.info.num_classes} "
-                                     f"({dataset.info.protocol}): a points artefact from another dataset?")
+        raise DataError(points_path, f"the points' classes ({points_info.protocol}) do not match the dataset's "
+                                     f"({dataset.info.protocol}): "
+                                     f"{class_difference(points_info.classes, dataset.info.classes)}")
+
+
+def class_difference(theirs, ours) -> str:
+    """What differs between two class lists, in words (counts alone can be equal: a reordered list)."""
+    theirs, ours = list(theirs), list(ours)
+    if sorted(theirs) == sorted(ours):
+        i = next(k for k, (a, b) in enumerate(zip(theirs, ours)) if a != b)
+        return f"the same {len(ours)} classes in another order (id {i} is {theirs[i]!r} there, {ours[i]!r} here)"
+    only_theirs = [c for c in theirs if c not in ours]
+    only_ours = [c for c in ours if c not in theirs]
+    parts = [f"{len(theirs)} classes there, {len(ours)} here"]
+    if only_theirs:
+        parts.append(f"only there: {', '.join(map(repr, only_theirs[:5]))}")
+    if only_ours:
+        parts.append(f"only here: {', '.join(map(repr, only_ours[:5]))}")
+    if not (only_theirs or only_ours):
+        parts.append("the same names repeated differently")
+    return "; ".join(parts)
 
 
 def plan_train(spec: DatasetSpec, dataset: SegmentationDataset | None, train_cfg, points_key: str | None,
@@ -209,6 +227,7 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
     """
     from .evaluate import EvalConfig
 
+    check_gpus(gpus, train_cfg.batch_size, torchrun_args, cache.echo)
     ds = open_spec(spec, cache, progress)
     points_dir, points_key = None, None
     if train_cfg.supervision == "points":
@@ -320,6 +339,22 @@ def discard_corrupt_checkpoint(run_dir: Path, echo: Callable[[str], None]) -> No
         path.unlink()
 
 
+def check_gpus(gpus: int, batch_size: int, torchrun_args, echo: Callable[[str], None]) -> None:
+    """``--gpus`` before torchrun starts: a bad value is one line here, not one traceback per rank."""
+    if gpus < 0:
+        raise ConfigError(f"--gpus must be 0 or more (processes per node), got {gpus}")
+    if gpus > 1 and batch_size % gpus:
+        raise ConfigError(f"--batch-size {batch_size} is not divisible by --gpus {gpus}: each process takes an "
+                          "equal share of the batch")
+    if gpus > 1 and not torchrun_args:
+        import torch
+
+        if not torch.cuda.is_available():
+            echo(f"--gpus {gpus}: no CUDA device here, so {gpus} CPU processes (gloo) share this machine's cores")
+        elif torch.cuda.device_count() < gpus:
+            raise ConfigError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+
+
 def run_job(run_dir: str | Path) -> None:
     """Execute the training job described by ``run_dir/job.json`` (every rank under torchrun)."""
     from .evaluate import EvalConfig
@@ -357,8 +392,8 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
     model, info = model_from_checkpoint(ckpt)
     ds = open_spec(spec, cache, progress=False)
     if tuple(ds.info.classes) != tuple(info.classes):
-        raise DataError(checkpoint, f"the checkpoint predicts {info.num_classes} classes ({info.protocol}) "
-                                    f"but {spec.kind} split {spec.split!r} has {ds.info.num_classes} ({ds.info.protocol})")
+        raise DataError(checkpoint, f"the checkpoint's classes ({info.protocol}) do not match {spec.kind} split "
+                                    f"{spec.split!r} ({ds.info.protocol}): {class_difference(info.classes, ds.info.classes)}")
     model.to(rt.device)
     if eval_cfg.channels_last:  # see evaluate_model
         import torch

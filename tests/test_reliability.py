@@ -283,3 +283,28 @@ def test_a_decompression_bomb_is_one_error_naming_the_file(tmp_path, monkeypatch
     for read in (read_image, read_label, image_size):
         with pytest.raises(DataError, match="bomb.png: image is too large to decode safely"):
             read(path)
+
+
+def test_reordered_classes_and_bad_gpus_are_one_clear_line(tmp_path):
+    """Reordered classes say so (not "9 classes but the dataset has 9"); --gpus -1 and a batch that
+    does not split over --gpus are refused before anything starts (issue 15, items 7, 8 and 9)."""
+    from click.testing import CliRunner
+
+    from pointparse.cli.main import main
+
+    root = _folder_dataset(tmp_path / "data")
+    cache = str(tmp_path / "c")
+    made = CliRunner().invoke(main, ["make-points", "--dataset", "folder", "--root", str(root), "--cache-dir", cache,
+                                     "-q", "--workers", "0"])
+    assert made.exit_code == 0, made.output
+    art = next((tmp_path / "c").glob("make-points/*/*/manifest.json")).parent
+    train = ["train", "--dataset", "folder", "--root", str(root), "--weights", "none", "--backbone", "resnet18",
+             "--epochs", "1", "--batch-size", "4", "--crop-size", "24", "--device", "cpu", "--cache-dir", cache, "-q"]
+    for gpus, expected in (("-1", "--gpus must be 0 or more"), ("3", "--batch-size 4 is not divisible by --gpus 3")):
+        res = CliRunner().invoke(main, [*train, "--points", str(art), "--gpus", gpus])
+        assert res.exit_code != 0 and expected in res.output, res.output
+        assert "Traceback" not in res.output and not list((tmp_path / "c").glob("train/*/*"))
+    (root / "classes.txt").write_text("0 thing 128:0:0\n1 ground 0:128:0\n")
+    res = CliRunner().invoke(main, [*train, "--points", str(art)])
+    assert res.exit_code != 0 and "the same 2 classes in another order" in res.output, res.output
+    assert "id 0 is 'ground' there, 'thing' here" in res.output
