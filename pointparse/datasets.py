@@ -182,6 +182,52 @@ class Sample:
     instances: np.ndarray | None
 
 
+@dataclass
+class Instances:
+    """The clickable instances of one image (``K`` of them), as :func:`pointparse.points.find_instances`
+    gives them.
+
+    ``classes`` int64 [K]; ``boxes`` int64 [K, 4] as half-open ``(y0, x0, y1, x1)``, tight around
+    the instance; ``areas`` int64 [K] (pixels); ``crops[k]`` bool [y1-y0, x1-x0], True on the
+    instance's pixels. Only crops are kept, never one full-image mask per instance.
+    """
+
+    classes: np.ndarray
+    boxes: np.ndarray
+    areas: np.ndarray
+    crops: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    def crop(self, k: int) -> np.ndarray:
+        return self.crops[k]
+
+    @classmethod
+    def from_list(cls, found: list) -> "Instances":
+        """From ``(class, (y0, x0, y1, x1), area, crop)`` tuples, in that order."""
+        if not found:
+            return cls(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64), [])
+        return cls(
+            classes=np.array([f[0] for f in found], np.int64),
+            boxes=np.array([f[1] for f in found], np.int64),
+            areas=np.array([f[2] for f in found], np.int64),
+            crops=[f[3] for f in found],
+        )
+
+
+@dataclass
+class ClickInstances:
+    """What make-points needs of one image, given by a reader that knows its instances without
+    the generic search (:meth:`SegmentationDataset.click_instances`)."""
+
+    name: str
+    height: int
+    width: int
+    labelled_pixels: int  # mask pixels that are not 255
+    instances: Instances
+
+
 class SegmentationDataset:
     """Base reader. Subclasses fill ``self.names`` and implement the ``_paths`` hooks.
 
@@ -290,6 +336,13 @@ class SegmentationDataset:
             if mask.shape != (h, w):
                 raise self._size_mismatch(i, mask.shape, (h, w))
         return Sample(self.names[i], image, mask, self.load_instances(i, mask) if with_instances else None)
+
+    def click_instances(self, i: int, min_area: int) -> ClickInstances | None:
+        """A shortcut for make-points: image ``i``'s instances straight from the annotation, equal to
+        what :func:`pointparse.points.find_instances` finds on ``load(i, with_image=False)``, with
+        the same checks and errors. ``None`` (the default) = no shortcut, make-points searches the
+        loaded maps."""
+        return None
 
     def _size_mismatch(self, i: int, mask_hw: tuple[int, int], image_hw: tuple[int, int]) -> DataError:
         return DataError(
@@ -679,6 +732,129 @@ class PascalContextDataset(SegmentationDataset):
 # -- COCO instances json ------------------------------------------------------------------------
 
 
+#: up to this many annotations per image, the ones whose boxes meet are found by comparing all pairs
+_PAIRWISE_BOXES = 1024
+
+#: longest run value (characters) pycocotools decodes without overflowing its 32-bit shifts
+_RLE_MAX_CHARS = 6
+
+
+def _rle_crops(strings: list[bytes], h: int, w: int) -> list:
+    """Decode the COCO compressed RLE ``strings`` of one ``h`` x ``w`` image, each into its box only.
+
+    One entry per string: ``(area, y0, x0, crop_t)`` with ``crop_t`` bool [bw, bh] the *transposed*
+    box tight around the mask's pixels (a view into one buffer shared by the image's masks;
+    ``crop_t.T`` is the mask in the box), ``(0, 0, 0, None)`` for an
+    empty mask, or ``None`` when the string is not a well-formed RLE of ``h * w`` pixels (the
+    caller decodes it with pycocotools then).
+
+    The format (pycocotools' ``rleToString``): run lengths alternate 0s and 1s down the columns
+    (column-major), the first run counts 0s; each is written in 5-bit groups, low bits first, as
+    characters ``48 + group`` with bit 0x20 = "more groups follow" and, in the last group, bit
+    0x10 = negative; from the third run on a run is stored as the difference to the run two
+    before. All strings are decoded together in a few vectorised passes, and every mask's runs
+    are cut at column ends and placed into its own box, so the work is proportional to the runs
+    and box areas, never to the image size per mask.
+    """
+    S = len(strings)
+    out = [None] * S
+    if S == 0:
+        return out
+    lens = np.fromiter((len(s) for s in strings), np.int64, S)
+    keep = np.flatnonzero(lens > 0)
+    if len(keep) == 0:
+        return out
+    if len(keep) < S:
+        strings = [strings[j] for j in keep.tolist()]
+        lens = lens[keep]
+    c = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
+    n = len(c)
+    s_end = np.cumsum(lens) - 1                    # last char of each string
+    s_start = s_end - lens + 1
+    bad_char = (c < 0) | (c > 63)
+    endv = (c & 0x20) == 0
+    trunc = ~endv[s_end]                           # a string ending inside a value
+    endv[s_end] = True                             # values never run across strings
+    vend = np.flatnonzero(endv)
+    vstart = np.empty_like(vend)
+    vstart[0] = 0
+    vstart[1:] = vend[:-1] + 1
+    vlen = vend - vstart + 1
+    k = np.arange(n, dtype=np.int64) - np.repeat(vstart, vlen)
+    x = np.add.reduceat((c & 0x1F) << (5 * np.minimum(k, 11)), vstart)
+    neg = (c[vend] & 0x10) != 0
+    x[neg] |= -(np.int64(1) << (5 * np.minimum(vlen[neg], 12)))
+    # values per string, and each value's index m within its string
+    nv = np.add.reduceat(endv.astype(np.int64), s_start)
+    first = np.cumsum(nv) - nv
+    sid = np.repeat(np.arange(len(strings)), nv)
+    m = np.arange(len(x), dtype=np.int64) - first[sid]
+    odd = (m & 1) == 1
+    zo = np.where(odd, x, 0)
+    ze = np.where(~odd & (m > 0), x, 0)
+    co, ce = np.cumsum(zo), np.cumsum(ze)
+    co -= np.repeat(co[first] - zo[first], nv)
+    ce -= np.repeat(ce[first] - ze[first], nv)
+    cnts = np.where(m == 0, x, np.where(odd, co, ce))   # pycocotools: x += cnts[m-2] for m > 2
+    # per-string checks
+    bad = (np.add.reduceat(bad_char.astype(np.int64), s_start) > 0) | trunc
+    bad |= np.add.reduceat((vlen > _RLE_MAX_CHARS).astype(np.int64), first) > 0
+    bad |= np.add.reduceat(((cnts < 0) | (cnts >= 1 << 32)).astype(np.int64), first) > 0
+    total = np.add.reduceat(cnts, first)
+    area = np.add.reduceat(np.where(odd, cnts, 0), first)
+    bad |= total != h * w
+    # one-runs of good strings, as [S, E) flat column-major positions
+    cnts[bad[sid]] = 0
+    pos = np.cumsum(cnts) - cnts
+    pos -= np.repeat(pos[first], nv)
+    one = odd & (cnts > 0) & ~bad[sid]
+    rs, rlen, rsid = pos[one], cnts[one], sid[one]
+    re_ = rs + rlen
+    cs, ce_ = rs // h, (re_ - 1) // h
+    wrap = ce_ > cs
+    ys = np.where(wrap, 0, rs % h)
+    ye = np.where(wrap, h - 1, (re_ - 1) % h)
+    for j in np.flatnonzero(~bad & (area == 0)).tolist():
+        out[keep[j]] = (0, 0, 0, None)
+    for j in np.flatnonzero(bad).tolist():
+        out[keep[j]] = None
+    if len(rs) == 0:
+        return out
+    # runs of each layer are contiguous, in layer order
+    lstart = np.flatnonzero(np.r_[True, rsid[1:] != rsid[:-1]])
+    lid = rsid[lstart]                               # the strings with pixels
+    x0 = cs[lstart]
+    lend = np.r_[lstart[1:], len(rs)] - 1
+    x1 = ce_[lend] + 1
+    y0 = np.minimum.reduceat(ys, lstart)
+    y1 = np.maximum.reduceat(ye, lstart) + 1
+    bw, bh = x1 - x0, y1 - y0
+    size = bw * bh
+    base = np.cumsum(size) - size
+    # split runs into column pieces
+    ncol = ce_ - cs + 1
+    rid = np.repeat(np.arange(len(rs)), ncol)
+    col = cs[rid] + (np.arange(len(rid)) - np.repeat(np.cumsum(ncol) - ncol, ncol))
+    py0 = np.where(col == cs[rid], rs[rid] % h, 0)
+    py1 = np.where(col == ce_[rid], (re_[rid] - 1) % h + 1, h)
+    li = np.repeat(np.arange(len(lstart)), np.diff(np.r_[lstart, len(rs)]))[rid]
+    st = base[li] + (col - x0[li]) * bh[li] + (py0 - y0[li])
+    en = st + (py1 - py0)
+    seg = np.empty(2 * len(st) + 1, np.int64)
+    seg[0] = st[0]
+    seg[2:-1:2] = st[1:] - en[:-1]
+    seg[1:-1:2] = py1 - py0
+    seg[-1] = int(size.sum()) - en[-1]
+    pat = np.zeros(len(seg), np.uint8)
+    pat[1::2] = 1
+    flat = np.repeat(pat, seg).view(np.bool_)
+    keep, area = keep.tolist(), area.tolist()
+    for j, b, n, cw, ch, y, x in zip(lid.tolist(), base.tolist(), size.tolist(), bw.tolist(), bh.tolist(),
+                                     y0.tolist(), x0.tolist()):
+        out[keep[j]] = (area[j], y, x, flat[b:b + n].reshape(cw, ch))
+    return out
+
+
 class CocoDataset(SegmentationDataset):
     """COCO-style instance annotations (any json in that format), protocol ``coco-<K>``::
 
@@ -828,28 +1004,121 @@ class CocoDataset(SegmentationDataset):
             raise DataError(self.ann_file, f"annotation {ann.get('id', '?')}: cannot decode segmentation ({exc})") from None
         return rle, area
 
-    def _paint(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+    def _layers(self, i: int) -> tuple[int, int, list]:
+        """(H, W, layers) of image ``i``: its annotations in painting order (largest pixel area first,
+        json order among equals) as ``(id, class, y0, x0, crop_t, area)``; ``id`` 0 and class 255
+        for crowd regions; ``crop_t`` bool [w, h] is the annotation's tight box *transposed*
+        (RLE runs go down the columns). Each RLE is decoded once, into its box only
+        (:func:`_rle_crops`); one that is not a well-formed RLE of the image's size is decoded by
+        pycocotools, as before."""
         from pycocotools import mask as mask_utils
 
         im = self._images[i]
         h, w = int(im["height"]), int(im["width"])
-        mask = np.full((h, w), IGNORE_INDEX, dtype=np.uint8)
-        inst = np.zeros((h, w), dtype=np.int32)
-        layers = []
+        hw = [h, w]
+        entries = []  # [area or None, order, rle, iid, class]
         next_id = 1
         for order, ann in enumerate(self._anns[im["id"]]):
             crowd = bool(ann.get("iscrowd", 0))
             iid = 0
             if not crowd:  # ids follow json order whether or not the mask is empty
                 iid, next_id = next_id, next_id + 1
-            decoded = self._rle_and_area(ann, h, w)
-            if decoded is not None:
-                layers.append((decoded[1], order, decoded[0], crowd, iid, ann["category_id"]))
-        for area, _, rle, crowd, iid, cat in sorted(layers, key=lambda t: (-t[0], t[1])):
-            sel = mask_utils.decode(rle).astype(bool)
-            mask[sel] = IGNORE_INDEX if crowd else self._cat_index[cat]
-            inst[sel] = iid
-        return mask, inst
+            segm = ann["segmentation"]
+            if type(segm) is dict and type(segm.get("counts")) in (str, bytes) and segm.get("size") == hw:
+                rle, area = segm, None  # compressed RLE of the right size: the decoder gives its area
+            else:  # polygons, uncompressed RLE, anything odd: pycocotools, and its errors
+                decoded = self._rle_and_area(ann, h, w)
+                if decoded is None:
+                    continue
+                rle, area = decoded
+            entries.append([area, order, rle, iid, IGNORE_INDEX if crowd else self._cat_index[ann["category_id"]]])
+        counts = [e[2]["counts"] for e in entries]
+        crops = _rle_crops([c.encode("utf-8") if type(c) is str else c for c in counts], h, w)
+        for e, got in zip(entries, crops):
+            if got is None or (e[0] is not None and got[0] != e[0]):  # not an RLE the decoder vouches for
+                if e[0] is None:
+                    try:
+                        e[0] = int(mask_utils.area(e[2]))
+                    except Exception as exc:  # pycocotools raises bare Exception on unsupported input
+                        raise DataError(self.ann_file, f"annotation {self._anns[im['id']][e[1]].get('id', '?')}: "
+                                                       f"cannot decode segmentation ({exc})") from None
+                sel = mask_utils.decode(e[2]).astype(bool)
+                x, y, bw, bh = cv2.boundingRect(sel.view(np.uint8))
+                got = (int(np.count_nonzero(sel)), y, x, sel[y:y + bh, x:x + bw].T) if bw else (0, 0, 0, None)
+            elif e[0] is None:
+                e[0] = got[0]
+            e.append(got)
+        entries.sort(key=lambda e: (-e[0], e[1]))
+        return h, w, [(iid, cls, got[1], got[2], got[3], got[0]) for _, _, _, iid, cls, got in entries if got[0]]
+
+    @staticmethod
+    def _paint_ids_t(h: int, w: int, layers: list) -> np.ndarray:
+        """The instance map of painted ``layers``, transposed: [W, H] (crowd regions paint 0), in the
+        smallest unsigned type that holds the ids (painting and reading it back is memory-bound)."""
+        top = max((layer[0] for layer in layers), default=0)
+        inst_t = np.zeros((w, h), dtype=np.uint8 if top < 256 else np.uint16 if top < 65536 else np.int32)
+        for iid, _, y0, x0, crop_t, _ in layers:
+            bw, bh = crop_t.shape
+            np.copyto(inst_t[x0:x0 + bw, y0:y0 + bh], iid, where=crop_t)
+        return inst_t
+
+    def _paint(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w, layers = self._layers(i)
+        inst = self._paint_ids_t(h, w, layers).T.astype(np.int32, order="C")
+        # every pixel's class is that of the last annotation painted over it: a look-up of its id
+        # (crowd regions and pixels no annotation covers have id 0 and class 255)
+        table = np.full(len(self._anns[self._images[i]["id"]]) + 1, IGNORE_INDEX, np.uint8)
+        for iid, cls, *_ in layers:
+            if iid:
+                table[iid] = cls
+        return table[inst], inst
+
+    def click_instances(self, i: int, min_area: int) -> ClickInstances | None:
+        """Each non-crowd annotation's visible pixels (those no later-painted annotation covers).
+
+        Only annotations whose box meets another's are painted, and only those whose box meets a
+        later-painted one's are read back (inside their own box); the others are visible whole.
+        """
+        h, w, layers = self._layers(i)
+        image_hw = self.image_size(i)
+        if (h, w) != image_hw:
+            raise self._size_mismatch(i, (h, w), image_hw)
+        min_area = max(int(min_area), 1)
+        n = len(layers)
+        if 1 < n <= _PAIRWISE_BOXES:
+            x0, y0 = np.array([layer[3] for layer in layers]), np.array([layer[2] for layer in layers])
+            x1 = x0 + np.array([layer[4].shape[0] for layer in layers])
+            y1 = y0 + np.array([layer[4].shape[1] for layer in layers])
+            meets = ((x0[:, None] < x1[None]) & (x0[None] < x1[:, None]) &
+                     (y0[:, None] < y1[None]) & (y0[None] < y1[:, None]))
+            np.fill_diagonal(meets, False)
+            covered = np.triu(meets).any(axis=1).tolist()  # a later annotation may hide some pixels
+            inst_t = self._paint_ids_t(h, w, [layer for layer, m in zip(layers, meets.any(axis=1).tolist()) if m])
+        else:
+            covered = [n > 1] * n
+            inst_t = self._paint_ids_t(h, w, layers) if n > 1 else None
+        found, labelled = [], 0
+        for (iid, cls, y0, x0, crop_t, area), hidden in zip(layers, covered):
+            if not iid:  # crowd
+                continue
+            if not hidden:
+                labelled += area
+                if area >= min_area:
+                    bw, bh = crop_t.shape
+                    found.append((iid, cls, (y0, x0, y0 + bh, x0 + bw), area, np.ascontiguousarray(crop_t.T)))
+                continue
+            bw, bh = crop_t.shape
+            vis = inst_t[x0:x0 + bw, y0:y0 + bh] == iid
+            seen = cv2.countNonZero(vis.view(np.uint8))
+            labelled += seen
+            if seen < min_area:
+                continue
+            if seen < area:  # partly covered: the box may shrink
+                y, x, bh, bw = cv2.boundingRect(vis.view(np.uint8))  # transposed: x is the row
+                vis, y0, x0 = vis[x:x + bw, y:y + bh], y0 + y, x0 + x
+            found.append((iid, cls, (y0, x0, y0 + bh, x0 + bw), seen, np.ascontiguousarray(vis.T)))
+        found.sort(key=lambda f: f[0])  # instance-id order, as find_instances gives
+        return ClickInstances(self.names[i], h, w, labelled, Instances.from_list([f[1:] for f in found]))
 
     def _decode_mask(self, i: int) -> np.ndarray:
         mask, inst = self._paint(i)

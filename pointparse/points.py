@@ -41,7 +41,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from . import IGNORE_INDEX
-from .datasets import DatasetInfo, SegmentationDataset
+from .datasets import DatasetInfo, Instances, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .io import atomic_file, read_json, write_json, write_label_png
 from .pool import fork_pool, worker_count
@@ -58,27 +58,6 @@ ANNOTATOR_TRIES = 20
 
 
 # -- instances ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Instances:
-    """The clickable instances of one image (``K`` of them).
-
-    ``classes`` int64 [K]; ``boxes`` int64 [K, 4] as half-open ``(y0, x0, y1, x1)``, tight around
-    the instance; ``areas`` int64 [K] (pixels); ``crops[k]`` bool [y1-y0, x1-x0], True on the
-    instance's pixels. Only crops are kept, never one full-image mask per instance.
-    """
-
-    classes: np.ndarray
-    boxes: np.ndarray
-    areas: np.ndarray
-    crops: list[np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.classes)
-
-    def crop(self, k: int) -> np.ndarray:
-        return self.crops[k]
 
 
 def _present_classes(leftover: np.ndarray, num_classes: int | None) -> list[int]:
@@ -226,14 +205,7 @@ def find_instances(mask: np.ndarray, instances: np.ndarray | None = None, min_ar
         x, y, bw, bh = cv2.boundingRect(binary)  # connected components run on this box only
         _components(np.ascontiguousarray(binary[y:y + bh, x:x + bw]), y, x, c, total, min_area, found)
 
-    if not found:
-        return Instances(np.zeros(0, np.int64), np.zeros((0, 4), np.int64), np.zeros(0, np.int64), [])
-    return Instances(
-        classes=np.array([f[0] for f in found], np.int64),
-        boxes=np.array([f[1] for f in found], np.int64),
-        areas=np.array([f[2] for f in found], np.int64),
-        crops=[f[3] for f in found],
-    )
+    return Instances.from_list(found)
 
 
 # -- click models ------------------------------------------------------------------------------
@@ -360,13 +332,22 @@ def simulate_clicks(mask: np.ndarray, instances: np.ndarray | None = None, click
     Returns ``xy`` int64 [K, 2] (x, y), ``classes`` int64 [K], ``areas`` int64 [K] (instance
     pixels) and ``boxes`` int64 [K, 4] (x, y, w, h), in :func:`find_instances` order.
     """
+    return click_instances(find_instances(mask, instances, min_area, num_classes), click, rng)
+
+
+def click_instances(found: Instances, click: str = "center",
+                    rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One click per instance of ``found``; returns as :func:`simulate_clicks`."""
     model = get_click_model(click)
     rng = rng if rng is not None else np.random.default_rng(0)
-    found = find_instances(mask, instances, min_area, num_classes)
-    xy = np.zeros((len(found), 2), np.int64)
-    for k in range(len(found)):
-        r, c = model(found.crop(k), int(found.areas[k]), rng)
-        xy[k] = (found.boxes[k, 1] + c, found.boxes[k, 0] + r)
+    if model is random_click and len(found):
+        # one draw per instance in one call: the same numbers, and the same generator state after,
+        # as one ``integers(area)`` call per instance (tests hold numpy to that)
+        picks = rng.integers(0, found.areas).tolist()
+        rc = [divmod(int(np.flatnonzero(crop)[p]), crop.shape[1]) for crop, p in zip(found.crops, picks)]
+    else:
+        rc = [model(crop, area, rng) for crop, area in zip(found.crops, found.areas.tolist())]
+    xy = np.array(rc, np.int64).reshape(-1, 2)[:, ::-1] + found.boxes[:, 1::-1]
     b = found.boxes
     boxes_xywh = np.stack([b[:, 1], b[:, 0], b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]], axis=1) if len(b) else np.zeros((0, 4), np.int64)
     return xy, found.classes, found.areas, boxes_xywh
@@ -441,16 +422,20 @@ class _RemoteDataError:
 
 def _points_for_image(dataset: SegmentationDataset, i: int, config: MakePointsConfig,
                       sparse_dir: Path | None) -> _ImagePoints:
-    sample = dataset.load(i, with_image=False)
-    h, w = sample.mask.shape
-    rng = image_rng(config.seed, sample.name)
-    xy, classes, areas, boxes = simulate_clicks(sample.mask, sample.instances, config.click, config.min_area, rng,
-                                               dataset.info.num_classes)
-    labelled = int(h * w - np.count_nonzero(sample.mask == IGNORE_INDEX))
+    known = dataset.click_instances(i, config.min_area)  # a reader's shortcut (COCO), else search the maps
+    if known is not None:
+        name, h, w, labelled = known.name, known.height, known.width, known.labelled_pixels
+        xy, classes, areas, boxes = click_instances(known.instances, config.click, image_rng(config.seed, name))
+    else:
+        sample = dataset.load(i, with_image=False)
+        name, (h, w) = sample.name, sample.mask.shape
+        xy, classes, areas, boxes = simulate_clicks(sample.mask, sample.instances, config.click, config.min_area,
+                                                   image_rng(config.seed, name), dataset.info.num_classes)
+        labelled = int(h * w - np.count_nonzero(sample.mask == IGNORE_INDEX))
     if sparse_dir is not None:
-        write_label_png(sparse_dir / f"{sample.name}.png", point_label_map(xy, classes, h, w),
+        write_label_png(sparse_dir / f"{name}.png", point_label_map(xy, classes, h, w),
                         palette=np.asarray(dataset.info.palette, np.uint8))
-    return _ImagePoints(sample.name, h, w, xy, classes, areas, boxes, labelled)
+    return _ImagePoints(name, h, w, xy, classes, areas, boxes, labelled)
 
 
 def _points_for_chunk(dataset: SegmentationDataset, indices: list[int], config: MakePointsConfig,
@@ -558,15 +543,16 @@ def write_points_artefact(out_dir: Path, dataset: SegmentationDataset, images: l
         coco_images.append({"id": i + 1, "name": p.name, "file_name": _relative_image_path(dataset, i, root, resolved),
                             "height": p.height, "width": p.width})
         areas, boxes = getattr(p, "areas", None), getattr(p, "boxes", None)
-        areas = areas.tolist() if areas is not None else None
-        boxes = boxes.tolist() if boxes is not None else None
-        for k, ((x, y), c) in enumerate(zip(p.xy.tolist(), p.classes.tolist())):
-            ann = {"id": len(annotations) + 1, "image_id": i + 1, "category_id": c, "point_coords": [[x, y]],
-                   "point_labels": [1]}
-            if areas is not None:
-                ann["instance_area"] = areas[k]
-            ann.update(bbox=boxes[k] if boxes is not None else [x, y, 1, 1], iscrowd=0, source=source)
-            annotations.append(ann)
+        first, xys, classes = len(annotations) + 1, p.xy.tolist(), p.classes.tolist()
+        bbs = boxes.tolist() if boxes is not None else [[x, y, 1, 1] for x, y in xys]
+        if areas is not None:  # key order as written before: instance_area between point_labels and bbox
+            annotations.extend({"id": first + k, "image_id": i + 1, "category_id": c, "point_coords": [xy],
+                                "point_labels": [1], "instance_area": a, "bbox": bb, "iscrowd": 0, "source": source}
+                               for k, (xy, c, a, bb) in enumerate(zip(xys, classes, areas.tolist(), bbs)))
+        else:
+            annotations.extend({"id": first + k, "image_id": i + 1, "category_id": c, "point_coords": [xy],
+                                "point_labels": [1], "bbox": bb, "iscrowd": 0, "source": source}
+                               for k, (xy, c, bb) in enumerate(zip(xys, classes, bbs)))
     doc = {
         "info": {**info.to_dict(), **meta, "category_ids": "0-based contiguous class indices",
                  "coordinates": "integer pixel indices [x, y], x first"},

@@ -483,3 +483,112 @@ def test_coco_options_and_bad_input(tmp_path: Path):
     with pytest.raises(DataError, match="99") as err:
         open_dataset("coco", root, "x", ann_file="labels.json", image_dir="mine2017")
     assert err.value.path == moved
+
+
+# -- COCO: the box-wise RLE decoder and make-points' shortcut ------------------------------------
+
+
+def _blob(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A random uint8 0/1 mask: a rectangle, scattered pixels, a full column band, or nothing."""
+    m = np.zeros((h, w), np.uint8)
+    kind = rng.integers(5)
+    if kind == 0:
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        m[y:y + rng.integers(1, h + 1), x:x + rng.integers(1, w + 1)] = 1
+    elif kind == 1:
+        m[rng.random((h, w)) < rng.choice([0.01, 0.3, 0.9])] = 1
+    elif kind == 2:  # runs that wrap from one column into the next
+        x = rng.integers(0, w)
+        m[rng.integers(0, h):, x] = 1
+        m[:, x + 1:x + 1 + rng.integers(0, 3)] = 1
+    elif kind == 3:
+        m[:] = 1
+    return m
+
+
+def test_rle_crops_decode_like_pycocotools():
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        h, w = int(rng.integers(1, 30)), int(rng.integers(1, 30))
+        masks = [_blob(rng, h, w) for _ in range(int(rng.integers(1, 9)))]
+        strings = [mask_utils.encode(np.asfortranarray(m))["counts"] for m in masks]
+        for m, got in zip(masks, datasets_mod._rle_crops(strings, h, w)):
+            area, y0, x0, crop_t = got
+            assert area == m.sum()
+            if area == 0:
+                assert crop_t is None
+                continue
+            ys, xs = np.nonzero(m)
+            assert (y0, x0) == (ys.min(), xs.min())
+            np.testing.assert_array_equal(crop_t.T, m[y0:ys.max() + 1, x0:xs.max() + 1].astype(bool))
+    # what the decoder does not vouch for is left to pycocotools (None): the wrong pixel count, an
+    # empty string, a character outside the alphabet, a value cut off at the end
+    good = mask_utils.encode(np.asfortranarray(np.eye(4, dtype=np.uint8)))["counts"]
+    assert datasets_mod._rle_crops([good], 4, 4)[0][0] == 4
+    assert datasets_mod._rle_crops([good, good, b"", good[:-1] + b"~", good + b"h"], 4, 5)[0] is None
+    got = datasets_mod._rle_crops([b"", good, good[:-1] + b"\x01", b"0" + b"h", good], 4, 4)
+    assert got[0] is None and got[2] is None and got[3] is None
+    assert got[1][0] == 4 and got[4][0] == 4  # neighbours of bad strings decode unharmed
+
+
+def _coco_scene(tmp_path: Path, images: int = 4, per_image: int = 40, h: int = 30, w: int = 40) -> Path:
+    """A COCO json of random overlapping annotations in every form: compressed RLE (str and
+    uncompressed list), polygons, crowd regions, empty segmentations and empty masks."""
+    from pycocotools import mask as mask_utils
+
+    rng = np.random.default_rng(3)
+    root = tmp_path / "scene"
+    ims, anns = [], []
+    for i in range(images):
+        write_jpg(root / "val2017" / f"{i}.jpg", h=h, w=w, seed=i)
+        ims.append({"id": 7 + i, "file_name": f"{i}.jpg", "height": h, "width": w})
+        for _ in range(per_image if i else 300):  # the first image: more ids than uint8 holds
+            m = _blob(rng, h, w)
+            r = rng.random()
+            if r < 0.15:
+                segm = _uncompressed_rle(m)
+            elif r < 0.3:
+                x, y = rng.uniform(0, w, 4), rng.uniform(0, h, 4)
+                segm = [np.stack([x, y], 1).ravel().round(1).tolist()]
+            elif r < 0.33:
+                segm = []
+            else:
+                segm = {"size": [h, w], "counts": mask_utils.encode(np.asfortranarray(m))["counts"].decode("ascii")}
+            anns.append({"id": len(anns) + 1, "image_id": 7 + i, "category_id": int(rng.integers(1, 4)),
+                         "iscrowd": int(rng.random() < 0.08), "segmentation": segm})
+    (root / "annotations").mkdir(parents=True)
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps({
+        "images": ims, "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in (1, 2, 3)]}))
+    return root
+
+
+@pytest.mark.parametrize("pairwise", [1024, 0])
+def test_coco_click_instances_equal_the_search_on_loaded_maps(tmp_path: Path, monkeypatch, pairwise):
+    from pointparse.points import find_instances
+
+    monkeypatch.setattr(datasets_mod, "_PAIRWISE_BOXES", pairwise)  # 0: paint everything
+    ds = open_dataset("coco", _coco_scene(tmp_path), "val")
+    for i in range(len(ds)):
+        s = ds.load(i, with_image=False)
+        for min_area in (1, 5, 16):
+            ref = find_instances(s.mask, s.instances, min_area, ds.info.num_classes)
+            got = ds.click_instances(i, min_area)
+            assert (got.name, got.height, got.width) == (s.name, *s.mask.shape)
+            assert got.labelled_pixels == np.count_nonzero(s.mask != IGNORE_INDEX)
+            np.testing.assert_array_equal(got.instances.classes, ref.classes)
+            np.testing.assert_array_equal(got.instances.boxes, ref.boxes)
+            np.testing.assert_array_equal(got.instances.areas, ref.areas)
+            for a, b in zip(got.instances.crops, ref.crops):
+                np.testing.assert_array_equal(a, b)
+        assert len(ref) > 3
+
+
+def test_coco_click_instances_check_the_image_size(tmp_path: Path):
+    root, data = _coco(tmp_path)
+    write_jpg(root / "val2017" / "000000000001.jpg", h=H + 1)
+    ds = open_dataset("coco", root, "val")
+    with pytest.raises(DataError, match="instances_val2017.json") as err:
+        ds.click_instances(0, 16)
+    assert err.value.path == root / "val2017" / "000000000001.jpg"

@@ -12,7 +12,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pointparse import IGNORE_INDEX
-from pointparse.datasets import FolderDataset
+from pointparse.datasets import FolderDataset, Instances
 from pointparse.errors import ConfigError, DataError
 from pointparse.io import read_label, write_image, write_label_png
 from pointparse.points import (
@@ -236,6 +236,29 @@ def test_random_and_annotator_clicks_depend_on_the_rng():
     assert (a == b).all() and not ((a == c).all() and (a == d).all())
     noisy = {tuple(simulate_clicks(mask, None, "annotator", 16, image_rng(s, "x"))[0][0]) for s in range(8)}
     assert len(noisy) > 1
+
+
+def test_random_clicks_drawn_in_one_call_equal_one_draw_per_instance():
+    """click_instances draws all random clicks of an image at once; that must give the clicks,
+    and leave the generator in the state, of one ``random_click`` per instance (numpy's bounded
+    integers do this today; this test catches a numpy that stops doing it)."""
+    from pointparse.points import click_instances, random_click
+
+    gen = np.random.default_rng(4)
+    areas = [1, 2, 3, 17, 255, 256, 1000, 65537, 300001]
+    crops, boxes = [], []
+    for a in areas:
+        w = int(gen.integers(1, 700))
+        crop = np.zeros((-(-a // w) + 1, w), bool)
+        crop.ravel()[np.sort(gen.choice(crop.size, a, replace=False))] = True
+        crops.append(crop)
+        boxes.append((3, 5, 3 + crop.shape[0], 5 + crop.shape[1]))
+    found = Instances(np.arange(len(areas)), np.array(boxes), np.array(areas), crops)
+    one, each = np.random.default_rng(9), np.random.default_rng(9)
+    xy, *_ = click_instances(found, "random", one)
+    ref = [random_click(c, a, each) for c, a in zip(crops, areas)]
+    np.testing.assert_array_equal(xy, [(5 + c, 3 + r) for r, c in ref])
+    assert one.bit_generator.state == each.bit_generator.state
 
 
 def test_unknown_click_model_lists_valid_ones():
