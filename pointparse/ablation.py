@@ -746,9 +746,12 @@ def check_dense(dataset: SegmentationDataset) -> None:
 
 def check_network(network: Network, dataset: SegmentationDataset) -> None:
     if tuple(network.info.classes) != tuple(dataset.info.classes):
+        from .stages import class_difference
+
         raise DataError(network.path, f"the checkpoint predicts {network.info.num_classes} classes "
                                       f"({network.info.protocol}) but split {dataset.split!r} of {dataset.root} has "
-                                      f"{dataset.info.num_classes} ({dataset.info.protocol})")
+                                      f"{dataset.info.num_classes} ({dataset.info.protocol}): "
+                                      f"{class_difference(network.info.classes, dataset.info.classes)}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -328,7 +328,7 @@ def test_points_from_another_split_or_dataset_are_refused(cache, train_points, c
         run_ablation(checkpoint, VAL, other_points, cfg, cache, progress=False, row_builder=_never)
     two = DatasetSpec(kind="folder", root=str(_folder(tmp_path / "two", "0 bg\n1 fg\n")), split="val")
     two_points = run_make_points(two, MakePointsConfig(workers=0), cache, progress=False).path
-    with pytest.raises(DataError, match="points.json: the points were made for 2 classes"):
+    with pytest.raises(DataError, match="points.json: the points' classes .* do not match"):
         run_ablation(checkpoint, VAL, two_points, cfg, cache, progress=False, row_builder=_never)
 
 
