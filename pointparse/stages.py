@@ -173,9 +173,10 @@ def _points_dict(points_dir: Path) -> tuple[dict, Any]:
 def check_points_match(points_info, dataset: SegmentationDataset, points_path: Path) -> None:
     """A points artefact must come from the same classes as the dataset it trains on."""
     if tuple(points_info.classes) != tuple(dataset.info.classes):
+        why = class_difference(points_info.classes, dataset.info.classes)
+        hint = "" if "another order" in why else "; a points artefact from another dataset?"
         raise DataError(points_path, f"the points' classes ({points_info.protocol}) do not match the dataset's "
-                                     f"({dataset.info.protocol}): "
-                                     f"{class_difference(points_info.classes, dataset.info.classes)}")
+                                     f"({dataset.info.protocol}): {why}{hint}")
 
 
 def class_difference(theirs, ours) -> str:
