@@ -26,6 +26,14 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   reading (best = highest mean mIoU among the B rows); the best PDML variant embedding the
   backbone's features instead of the decoder's.
 
+* **Round 2** (``--plan round2``, designed after round 1's results, on round 1's recipe
+  ``paper-cpu``): D — class-balanced point CE (sqrt, inverse) and the Gated CRF (0.1, 0.3) that
+  round 1's deadline cut; E — ASPP-v2 with AdamW, and 192 px crops for 21 epochs (the same
+  pixels per second of CPU as 256 px for 12); F — the ceiling: FullSup for 48 epochs (ASPP-v2
+  SGD; DeepLabv3+ AdamW), one seed; G — PDML at the paper's learning rate for 24 epochs (the
+  collapse, per epoch); H — combinations with the best class balance (by mean mIoU in D): + Ext
+  agree + PDML normalized, + the best CRF weight, and all four together.
+
     python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
     python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
 """
@@ -155,23 +163,34 @@ class Study:
             futures[self.pool.submit(_run, job)] = job
         done = []
         for fut in cf.as_completed(futures):
-            try:
-                res = fut.result()
-            except cf.CancelledError:
+            if fut.cancelled():
                 continue
-            except Exception as exc:  # a crashed worker process
-                res = {**futures[fut], "error": f"{type(exc).__name__}: {exc}"}
-            done.append(res)
-            self.results.append(res)
-            with open(self.out, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps(res) + "\n")
-            line = f"{res['phase']:2s} {res['name']:36s} {res['row']:9s} seed {res['seed']}"
-            print(line + (f"  mIoU {res['miou']:5.1f}  acc {res['pixel_acc']:5.1f}  {res['seconds']:.0f}s"
-                          if "miou" in res else f"  ERROR {res.get('error')}"), flush=True)
+            done.append(self._record(fut, futures[fut]))
             if time.time() > self.deadline:
                 for f in futures:
                     f.cancel()
         return done
+
+    def submit(self, jobs: list[dict]) -> dict:
+        """Start jobs without waiting (long runs beside later phases); :meth:`collect` them."""
+        return {self.pool.submit(_run, job): job for job in jobs}
+
+    def collect(self, futures: dict) -> None:
+        for fut in cf.as_completed(futures):
+            self._record(fut, futures[fut])
+
+    def _record(self, fut, job) -> dict:
+        try:
+            res = fut.result()
+        except Exception as exc:  # a crashed worker process
+            res = {**job, "error": f"{type(exc).__name__}: {exc}"}
+        self.results.append(res)
+        with open(self.out, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(res) + "\n")
+        line = f"{res['phase']:2s} {res['name']:36s} {res['row']:9s} seed {res['seed']}"
+        print(line + (f"  mIoU {res['miou']:5.1f}  acc {res['pixel_acc']:5.1f}  {res['seconds']:.0f}s"
+                      if "miou" in res else f"  ERROR {res.get('error')}"), flush=True)
+        return res
 
     def rows(self, phase: str, name: str, config: dict, which=("FullSup", "PointSup")) -> list[dict]:
         base = {"FullSup": FULL, "PointSup": POINTS}
@@ -230,6 +249,41 @@ def plan_and_run(study: Study) -> dict:
             "best": {"pdml": pdml_best, "ext": ext_best, "crf": crf_best}}
 
 
+def plan_round2(study: Study) -> dict:
+    recipe = dict(A1["paper-cpu"])
+
+    def pts(phase, name, c, seeds=None):
+        return [_job(phase, name, "PointSup", {**recipe, **POINTS, **c}, s) for s in (seeds or study.seeds)]
+
+    long = study.submit([
+        _job("F", "paper-cpu 48 epochs", "FullSup", {**recipe, **FULL, "epochs": 48}, 0),
+        _job("F", "v3+ adamw 48 epochs", "FullSup", {**A1["v3+ adamw"], **FULL, "epochs": 48}, 0),
+        _job("G", "PDML paper lr 2.5e-4 24 ep", "PointSup",
+             {**recipe, **POINTS, **PDML["paper"], "lr": 2.5e-4, "epochs": 24}, 0),
+    ])
+    jobs = []
+    for cb in ("sqrt", "inverse"):
+        jobs += pts("D", f"class-balanced {cb}", dict(class_balance=cb))
+    for w in (0.1, 0.3):
+        jobs += pts("D", f"CRF {w}", dict(crf_weight=w))
+    jobs += study.rows("E", "aspp-v2 adamw", dict(head="aspp-v2", optimizer="adamw", lr=2e-4, head_lr_mult=10.0,
+                                                  weight_decay=1e-2))
+    jobs += study.rows("E", "paper-cpu crop 192 21 ep", {**recipe, "crop_size": 192, "epochs": 21})
+    study.run(jobs)
+    cb = max(("sqrt", "inverse"), key=lambda c: _mean(study.results, f"class-balanced {c}") or -1)
+    crf = max((0.1, 0.3), key=lambda w: _mean(study.results, f"CRF {w}") or -1)
+    both = {**PDML["normalized"], **EXT["agree"]}
+    study.run(pts("H", f"class-balanced {cb} + PDML normalized + Ext agree", {"class_balance": cb, **both})
+              + pts("H", f"class-balanced {cb} + CRF {crf}", {"class_balance": cb, "crf_weight": crf})
+              + pts("H", f"class-balanced {cb} + CRF {crf} + PDML normalized + Ext agree",
+                    {"class_balance": cb, "crf_weight": crf, **both}))
+    study.collect(long)
+    return {"plan": "round2", "recipe": recipe, "best": {"class_balance": cb, "crf": crf}}
+
+
+PLANS = {"round1": plan_and_run, "round2": plan_round2}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="folder dataset (images/, labels/, classes.txt)")
@@ -242,6 +296,7 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS))
     ap.add_argument("--epochs", type=int, default=None, help="override the budget (smoke tests only)")
+    ap.add_argument("--plan", default="round1", choices=sorted(PLANS))
     ap.add_argument("--max-jobs-per-phase", type=int, default=0, help="smoke tests only (0 = all)")
     args = ap.parse_args()
 
@@ -260,7 +315,7 @@ def main() -> None:
         deadline = time.time() + args.deadline if args.deadline else float("inf")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with cf.ProcessPoolExecutor(args.parallel, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
-            summary = plan_and_run(Study(pool, Path(args.out), deadline, tuple(args.seeds),
+            summary = PLANS[args.plan](Study(pool, Path(args.out), deadline, tuple(args.seeds),
                                                  args.max_jobs_per_phase))
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"summary": summary, "budget": BUDGET, "argv": sys.argv[1:]}) + "\n")
