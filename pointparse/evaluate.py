@@ -8,8 +8,11 @@ truth get NaN IoU and are left out of the mean.
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -21,8 +24,11 @@ from .errors import ConfigError
 from .io import atomic_file, write_json
 from .metrics import ConfusionMatrix, SegMetrics
 from .model import upsample_logits
-from .pool import loader_workers, start_loader
-from .transforms import EvalSamples
+from .pool import loader_workers, opencv_single_threaded, start_loader
+from .transforms import EvalSamples, normalise
+
+#: samples a decoding thread keeps ready ahead of inference
+PREFETCH = 2
 
 
 @dataclass
@@ -92,7 +98,14 @@ def predict_logits(model, image: torch.Tensor, cfg: EvalConfig, num_classes: int
 def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_classes: int, cfg: EvalConfig,
                    device: torch.device, mean, std, rank: int = 0, world_size: int = 1,
                    progress: bool = True) -> SegMetrics:
-    """Confusion-matrix metrics of ``model`` on ``dataset`` (this rank's share, all-reduced)."""
+    """Confusion-matrix metrics of ``model`` on ``dataset`` (this rank's share, all-reduced).
+
+    With loader processes (CUDA by default) a DataLoader feeds the model. Without (CPU by
+    default: a process would compete with the intra-op threads for the cores) one thread decodes
+    the next images while the model runs (:func:`_decoded_in_thread`), and on CPU the confusion
+    counts are taken with numpy from the uint8 mask (the same integers, a tenth of the time of
+    the int64 tensor path).
+    """
     if dataset.info.num_classes != num_classes:
         raise ConfigError(f"the model predicts {num_classes} classes but {dataset.root} has {dataset.info.num_classes}")
     from .train import autocast_dtype  # local import: train imports this module's neighbours
@@ -104,18 +117,97 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
     channels_last = cfg.channels_last
     indices = list(range(rank, len(dataset), world_size))
     samples = EvalSamples(dataset, mean, std, indices)
-    loader = torch.utils.data.DataLoader(samples, batch_size=1, num_workers=loader_workers(cfg.workers, device),
-                                         pin_memory=device.type == "cuda")
+    workers = loader_workers(cfg.workers, device)
     cm = ConfusionMatrix(num_classes, device=device)
-    for batch in tqdm(start_loader(loader), total=len(loader), desc="evaluate", disable=not (progress and rank == 0),
-                      leave=False, dynamic_ncols=True):
-        x = batch["image"].to(device, non_blocking=True)
+    show = progress and rank == 0
+
+    def infer(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        logits = predict_logits(model, x, cfg, num_classes, amp_dtype)
-        cm.update(logits.argmax(1), batch["dense"].to(device, non_blocking=True))
+        return predict_logits(model, x, cfg, num_classes, amp_dtype)
+
+    if workers:
+        loader = torch.utils.data.DataLoader(samples, batch_size=1, num_workers=workers,
+                                             pin_memory=device.type == "cuda")
+        for batch in tqdm(start_loader(loader), total=len(loader), desc="evaluate", disable=not show,
+                          leave=False, dynamic_ncols=True):
+            cm.update(infer(batch["image"]).argmax(1), batch["dense"].to(device, non_blocking=True))
+    else:
+        counts = np.zeros(num_classes * num_classes, np.int64)
+        decoded = _decoded_in_thread(dataset, indices)
+        try:
+            for sample in tqdm(decoded, total=len(indices), desc="evaluate", disable=not show,
+                               leave=False, dynamic_ncols=True):
+                logits = infer(normalise(sample.image, samples.mean, samples.std)[None])
+                if device.type == "cpu" and logits.shape[1] == num_classes:
+                    counts += _confusion_counts(sample.mask, logits.argmax(1)[0].numpy(), num_classes)
+                else:  # on a GPU the tensor path stays there; it also rejects out-of-range predictions
+                    cm.update(logits.argmax(1), torch.from_numpy(sample.mask.astype(np.int64))[None].to(device))
+        finally:
+            decoded.close()  # stops the decoding thread when inference stops early
+        cm.mat += torch.from_numpy(counts.reshape(num_classes, num_classes)).to(device)
     cm.all_reduce()
     return cm.compute(), cm
+
+
+def _confusion_counts(target: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """int64 [C*C] counts of (target, prediction) pairs, index ``target * C + pred``, for ``target``
+    uint8 [H, W] (255 and ids >= C ignored) and ``pred`` [H, W] ids in 0..C-1: what
+    :meth:`ConfusionMatrix.update` adds, without the int64 copies and the masking pass (an
+    ignored target lands at index >= C*C and is cut off)."""
+    n = num_classes
+    idx = target.astype(np.uint16) * np.uint16(n) + pred.astype(np.uint16)  # < 256 * 255: no overflow
+    return np.bincount(idx.ravel(), minlength=256 * n)[:n * n]
+
+
+def _decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: int = PREFETCH) -> Iterator:
+    """``dataset.load(i, with_instances=False)`` for each of ``indices``, decoded by one background
+    thread up to ``depth`` images ahead, so decoding overlaps inference.
+
+    A thread rather than a loader process: PIL and OpenCV release the GIL while they decode, and
+    no second process competes with the intra-op threads for the cores. The thread only reads
+    files (no torch op: torch's thread pool stays the main thread's); normalising stays in the
+    main thread, the very call the DataLoader path makes, so the model sees the same tensors.
+    OpenCV runs on one thread meanwhile. An error in the thread is raised here, in order;
+    closing the generator stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def decode() -> None:
+        try:
+            for i in indices:
+                if not put((True, dataset.load(i, with_instances=False))):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put((False, exc))
+            return
+        put((False, None))
+
+    with opencv_single_threaded():
+        worker = threading.Thread(target=decode, name="pointparse-evaluate-decoder", daemon=True)
+        worker.start()
+        try:
+            while True:
+                ok, value = ready.get()
+                if not ok:
+                    if value is not None:
+                        raise value
+                    return
+                yield value
+        finally:
+            stop.set()
+            worker.join()
 
 
 def write_metrics(out_dir: str | Path, metrics: SegMetrics, cm: ConfusionMatrix, info: DatasetInfo,
