@@ -12,7 +12,7 @@ import click
 from pointparse.cache import StageCache
 
 from .options import (cache_option, content_option, dataset_options, echo_result, force_option, friendly,
-                      quiet_option, spec_from_options)
+                      parse_kv, quiet_option, spec_from_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -59,33 +59,27 @@ def make_points_cmd(kind, root, split, options, click_model, min_area, seed, spa
 
 
 def _train_options(fn):
-    opts = [
-        click.option("--supervision", type=click.Choice(["points", "full"]), default="points", show_default=True),
+    """One option per TrainConfig field (default None = the recipe's or the dataclass's value), made
+    from the dataclass itself so defaults, types and help live in one place."""
+    import dataclasses
+
+    from pointparse.train import FIELD_HELP, TrainConfig
+
+    defaults = TrainConfig()
+    opts = []
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = f"{FIELD_HELP.get(f.name, '')} [default: {'none' if default in ('', None) else default}]"
+        if isinstance(default, bool):
+            opts.append(click.option(f"{name}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text))
+        else:
+            kind = float if f.type in ("float", "float | None") else int if f.type in ("int", "int | None") else str
+            opts.append(click.option(name, f.name, type=kind, default=None, help=help_text))
+    opts += [
         click.option("--points", "points_ref", default=None, help="make-points artefact folder or cache key."),
-        click.option("--backbone", default="efficientnet_lite0", show_default=True,
-                     help="efficientnet_lite0 | resnet18 | resnet34 | resnet50 | resnet101"),
-        click.option("--output-stride", type=click.Choice(["8", "16"]), default="16", show_default=True),
-        click.option("--weights", default="imagenet", show_default=True, help="imagenet | none | PATH"),
-        click.option("--projection-dim", default=0, show_default=True, type=int, help="PDML projection head (0 = off)."),
-        click.option("--pdml/--no-pdml", default=True, show_default=True),
-        click.option("--alpha", default=0.8, show_default=True, type=float),
-        click.option("--beta", default=1.0, show_default=True, type=float),
-        click.option("--margin", default=20.0, show_default=True, type=float),
-        click.option("--pdml-weight", default=1.0, show_default=True, type=float),
-        click.option("--pdml-group-size", default=0, show_default=True, type=int, help="Images per PDML subgroup (0 = whole batch)."),
-        click.option("--extension", type=click.Choice(["none", "region", "score", "score+region"]), default="none", show_default=True),
-        click.option("--threshold", default=0.7, show_default=True, type=float),
-        click.option("--region", default=5, show_default=True, type=int),
-        click.option("--extension-start-epoch", default=0, show_default=True, type=int),
-        click.option("--epochs", default=20, show_default=True, type=int),
-        click.option("--batch-size", default=16, show_default=True, type=int),
-        click.option("--lr", default=2.5e-4, show_default=True, type=float),
-        click.option("--crop-size", default=321, show_default=True, type=int),
-        click.option("--seed", default=0, show_default=True, type=int),
-        click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True),
-        click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N"),
-        click.option("--workers", default=None, type=int,
-                     help="DataLoader processes (default: 0 on CPU, where they would compete with the model; up to 4 per GPU)."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Any TrainConfig value by name, e.g. --set momentum=0.95 (repeatable)."),
         click.option("--val-split", default=None, help="Evaluate the final model on this split."),
         click.option("--gpus", default=0, show_default=True, type=int, help="Processes per node via torchrun (>1 = DDP)."),
     ]
@@ -102,28 +96,26 @@ def _train_options(fn):
 @content_option
 @quiet_option
 @friendly
-def train_cmd(kind, root, split, options, supervision, points_ref, backbone, output_stride, weights, projection_dim,
-              pdml, alpha, beta, margin, pdml_weight, pdml_group_size, extension, threshold, region,
-              extension_start_epoch, epochs, batch_size, lr, crop_size, seed, amp, device, workers, val_split, gpus,
-              cache_dir, force, content_hash, quiet):
+def train_cmd(kind, root, split, options, points_ref, sets, val_split, gpus, cache_dir, force, content_hash, quiet,
+              **fields):
     """Train a DeepLab-style network from points (CE + PDML + extension) or full masks.
 
+    Every option maps onto pointparse.train.TrainConfig; --recipe NAME sets many at once
+    (pointparse.recipes: paper, cpu, cpu-clicks, decoder) and options given beside it win.
     A killed run continues from its last epoch when the same command is run again.
     """
     from pointparse.evaluate import EvalConfig
     from pointparse.stages import run_train
     from pointparse.train import TrainConfig
 
-    if supervision == "full":
-        pdml, extension = False, "none"
-    cfg = TrainConfig(supervision=supervision, backbone=backbone, output_stride=int(output_stride), weights=weights,
-                      projection_dim=projection_dim, pdml=pdml, alpha=alpha, beta=beta, margin=margin,
-                      pdml_weight=pdml_weight, pdml_group_size=pdml_group_size, extension=extension,
-                      threshold=threshold, region=region, extension_start_epoch=extension_start_epoch, epochs=epochs,
-                      batch_size=batch_size, lr=lr, crop_size=crop_size, seed=seed, amp=amp, device=device,
-                      workers=workers)
+    given = {k: v for k, v in fields.items() if v is not None}
+    given.update(parse_kv(sets))
+    if given.get("supervision") == "full":  # dense masks: the point-only losses do not apply
+        given.setdefault("pdml", False)
+        given.setdefault("extension", "none")
+    cfg = TrainConfig.from_dict(given)
     res = run_train(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), points=points_ref,
-                    val_split=val_split, eval_cfg=EvalConfig(device=device, amp=amp), gpus=gpus, force=force,
+                    val_split=val_split, eval_cfg=EvalConfig(device=cfg.device, amp=cfg.amp), gpus=gpus, force=force,
                     content_hash=content_hash, progress=not quiet)
     echo_result(res, "train")
     s = res.manifest.get("summary") or {}

@@ -142,7 +142,7 @@ def _plan_make_points(stage, up, ctx):
 def _train_cfg(stage):
     from .train import TrainConfig
 
-    return TrainConfig(**stage.params)
+    return TrainConfig.from_dict(stage.params)
 
 
 def _run_train(stage, up, ctx):

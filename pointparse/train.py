@@ -43,6 +43,7 @@ from .losses import (CLASS_BALANCE, PDML_VARIANTS, click_class_weights, gather_p
 from .model import (CLASSIFIER_LR_MULT, IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model,
                     upsample_logits)
 from .pool import loader_workers, start_loader
+from .recipes import check_recipe, expand_recipe
 from .transforms import AugmentConfig, TrainSamples, collate
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
@@ -75,6 +76,7 @@ class TrainConfig:
     """
 
     supervision: str = "points"
+    recipe: str = ""  # the pointparse.recipes name these values came from ("" = none), for tables
     # model
     backbone: str = "efficientnet_lite0"
     output_stride: int = 16
@@ -124,6 +126,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
+        check_recipe(self.recipe)
         if self.supervision not in SUPERVISIONS:
             raise unknown_choice("supervision", self.supervision, SUPERVISIONS)
         if self.extension not in EXTENSION_MODES:
@@ -182,11 +185,60 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        """Config from plain values; a ``recipe`` name is expanded underneath them
+        (:func:`pointparse.recipes.expand_recipe`); unknown keys list the valid ones."""
         valid = {f.name for f in dataclasses.fields(cls)}
         for k in d:
             if k not in valid:
                 raise unknown_choice("train parameter", k, valid)
-        return cls(**d)
+        return cls(**expand_recipe(d))
+
+
+#: One line of help per TrainConfig field, for the command line (``pointparse train --help``).
+FIELD_HELP = {
+    "supervision": "Train from the clicks (points) or from the dense masks (full).",
+    "recipe": "A named set of values (pointparse.recipes); options given beside it win.",
+    "backbone": "efficientnet_lite0 | resnet18 | resnet34 | resnet50 | resnet101 | timm:<model>.",
+    "output_stride": "Backbone output stride: 8 or 16.",
+    "weights": "imagenet | none | PATH of a state dict.",
+    "projection_dim": "PDML on a 1x1 projection of this many channels (0 = on the features).",
+    "head": "Classification module: the paper's aspp-v2 or deeplabv3+.",
+    "embed": "What PDML embeds: the features the classifier reads, or the backbone's.",
+    "low_level_stride": "deeplabv3+: stride of the low-level tap (4 or 8).",
+    "decoder_channels": "deeplabv3+: channels of ASPP and decoder.",
+    "pdml": "Point-based distance metric learning (Eq. 3-5).",
+    "pdml_variant": "paper | relative | relative-detached | normalized (pointparse.losses).",
+    "alpha": "PDML weight of dis(+) (Eq. 5).",
+    "beta": "PDML weight of the hinge (Eq. 5).",
+    "margin": "PDML margin m (default: the variant's; 20 for the paper's).",
+    "pdml_weight": "Weight of the PDML term against the point CE.",
+    "pdml_group_size": "Images per PDML subgroup (0 = the whole batch).",
+    "class_balance": "Point CE weighted by click frequency: none | sqrt | inverse.",
+    "crf_weight": "Weight of the Gated CRF loss on unlabelled pixels (0 = off).",
+    "extension": "Online label extension (Eq. 6-7): none | region | score | score+region | agree.",
+    "threshold": "Extension score threshold.",
+    "region": "Extension square side around each click (odd).",
+    "extension_start_epoch": "First epoch that trains on extended labels.",
+    "epochs": "Epochs.",
+    "batch_size": "Images per step (all processes together).",
+    "optimizer": "sgd (the paper's) or adamw.",
+    "lr": "Backbone learning rate.",
+    "head_lr_mult": "Head learning rate over the backbone's.",
+    "freeze_bn": "Keep the backbone's BatchNorm statistics and affine parameters fixed.",
+    "momentum": "SGD momentum.",
+    "weight_decay": "Weight decay.",
+    "poly_power": "Poly schedule power.",
+    "crop_size": "Square training crop side.",
+    "scale_min": "Smallest random scale.",
+    "scale_max": "Largest random scale.",
+    "flip": "Random horizontal flips.",
+    "workers": "DataLoader processes (default: 0 on CPU, up to 4 per GPU).",
+    "seed": "Random seed.",
+    "amp": "auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16.",
+    "channels_last": "NHWC convolutions on CUDA.",
+    "device": "auto | cpu | cuda | cuda:N.",
+    "log_every": "Write iterations.jsonl every N steps.",
+}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -286,3 +286,35 @@ def test_train_config_rejects_bad_numbers_in_one_line():
                           ({"optimizer": "adam"}, "valid choices: adamw, sgd")):
         with pytest.raises(ConfigError, match=match):
             TrainConfig(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------- recipes
+
+
+def test_a_recipe_fills_what_is_not_given_and_explicit_values_win():
+    from pointparse.recipes import RECIPES
+
+    cfg = TrainConfig.from_dict({"recipe": "cpu-clicks", "epochs": 3})
+    assert cfg.epochs == 3 and cfg.recipe == "cpu-clicks"
+    assert cfg.class_balance == "sqrt" and cfg.crf_weight == RECIPES["cpu-clicks"]["crf_weight"] and not cfg.pdml
+    full = TrainConfig.from_dict({"recipe": "cpu-clicks", "supervision": "full", "pdml": False})
+    assert full.crf_weight == 0.0 and full.class_balance == "none" and full.lr == RECIPES["cpu"]["lr"]
+    assert TrainConfig.from_dict({"recipe": "paper"}).backbone == "resnet101"
+    with pytest.raises(ConfigError, match="valid choices: cpu, cpu-clicks, decoder, paper"):
+        TrainConfig.from_dict({"recipe": "fast"})
+
+
+def test_train_cli_options_come_from_the_dataclass(tmp_path):
+    from click.testing import CliRunner
+
+    from pointparse.cli.main import main
+
+    out = CliRunner().invoke(main, ["train", "--help"])
+    assert out.exit_code == 0
+    for option in ("--recipe", "--head", "--pdml-variant", "--crf-weight", "--class-balance", "--momentum",
+                   "--weight-decay", "--set"):
+        assert option in out.output
+    bad = CliRunner().invoke(main, ["train", "--lr", "-1", "--cache-dir", str(tmp_path)])
+    assert bad.exit_code == 1 and "lr must be a finite number > 0" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(main, ["train", "--set", "momentun=0.5", "--cache-dir", str(tmp_path)])
+    assert bad.exit_code == 1 and "unknown train parameter 'momentun'" in bad.output
