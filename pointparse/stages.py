@@ -380,6 +380,13 @@ def run_job(run_dir: str | Path) -> None:
     if job.get("val_split"):
         evaluate_checkpoint_into(run_dir / "model.pt", spec.with_split(job["val_split"]),
                                  EvalConfig(**job["eval"]), cache, run_dir, progress=job.get("progress", True))
+        if (run_dir / "metrics.json").exists() and (not dist.is_initialized() or dist.get_rank() == 0):
+            from .curves import TensorBoardCurves
+            from .train import TENSORBOARD_DIR
+
+            m = read_json(run_dir / "metrics.json")
+            with TensorBoardCurves(run_dir / TENSORBOARD_DIR, start_epoch=cfg.epochs) as curves:
+                curves.log_epoch(cfg.epochs - 1, {"val_miou": m.get("miou"), "val_pixel_acc": m.get("pixel_acc")})
 
 
 def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cache: StageCache, out_dir: Path,

@@ -35,6 +35,7 @@ from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .crf import CRFConfig, crf_inputs, gated_crf_loss
+from .curves import TensorBoardCurves
 from .extension import (EXTENSION_MODES, extend_at_pixels, extension_stats, extension_stats_at_pixels,
                         finalize_extension_stats, merge_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
@@ -47,6 +48,8 @@ from .recipes import check_recipe, expand_recipe
 from .transforms import AugmentConfig, TrainSamples, collate
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
+#: TensorBoard event files of a run (when the tensorboard extra is installed): <run>/tensorboard/
+TENSORBOARD_DIR = "tensorboard"
 SUPERVISIONS = ("points", "full")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
@@ -452,7 +455,7 @@ def freeze_batchnorm(module: torch.nn.Module) -> None:
 
 def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: int, rt: Runtime,
                     amp_dtype, iter_log: _JsonlWriter, progress: bool = True,
-                    class_weights: torch.Tensor | None = None) -> dict:
+                    class_weights: torch.Tensor | None = None, curves: TensorBoardCurves | None = None) -> dict:
     """One pass over the loader; returns the epoch's averaged statistics (summed over ranks).
 
     A non-finite loss raises :class:`TrainingDiverged` before the optimiser steps on it."""
@@ -499,9 +502,12 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             ext_counts.append(res.extension)
         elapsed = time.perf_counter() - t0
         if rt.is_main and (it % max(cfg.log_every, 1) == 0):
-            iter_log.write(_nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce,
+            row_i = _nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce,
                                          "pdml": res.pdml, "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
-                                         "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]}))
+                                         "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]})
+            iter_log.write(row_i)
+            if curves is not None:
+                curves.log_iteration(epoch * len(loader) + it, row_i)
         bar.set_postfix(loss=f"{loss_value:.3f}", ce=f"{res.ce:.3f}", pdml=f"{res.pdml:.3f}",
                         img_s=f"{sums['images'] * rt.world_size / max(elapsed, 1e-9):.1f}")
     bar.close()
@@ -663,6 +669,8 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
             _truncate_log(out_dir / name, start_epoch)
     iter_log = _JsonlWriter(out_dir / "iterations.jsonl" if rt.is_main else None)
     epoch_log = _JsonlWriter(out_dir / "epochs.jsonl" if rt.is_main else None)
+    curves = TensorBoardCurves(out_dir / TENSORBOARD_DIR if rt.is_main else None, start_epoch=start_epoch,
+                               start_step=start_epoch * len(loader))
     distances: dict[str, np.ndarray] = {}
     if rt.is_main and (out_dir / "distances.npz").exists() and start_epoch > 0:
         with np.load(out_dir / "distances.npz") as z:
@@ -676,9 +684,10 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
             samples.set_epoch(epoch)
             torch.manual_seed(hash((cfg.seed, epoch)) & 0x7FFF_FFFF)  # any stochastic layer is resumable too
             row, (pos, neg) = train_one_epoch(model, optimizer, scaler, loader, cfg, epoch, rt, amp_dtype,
-                                              iter_log, progress, class_weights)
+                                              iter_log, progress, class_weights, curves)
             if rt.is_main:
                 epoch_log.write(row)
+                curves.log_epoch(epoch, row)
                 if len(pos):
                     distances[f"pos_{epoch}"], distances[f"neg_{epoch}"] = pos, neg
                     with atomic_file(out_dir / "distances.npz") as tmp:
@@ -697,6 +706,7 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
     finally:
         iter_log.close()
         epoch_log.close()
+        curves.close()
     return row
 
 

@@ -63,6 +63,16 @@ def test_train_and_evaluate_stage(cache, points_dir):
         assert {"pos_0", "neg_0", "pos_1", "neg_1"} <= set(z.files)
     m = json.loads((res.path / "metrics.json").read_text())
     assert m["protocol"] and m["num_classes"] == 9 and 0.0 <= m["pixel_acc"] <= 1.0
+    # TensorBoard scalars beside the jsonl logs (the tensorboard extra is part of dev)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    epochs = EventAccumulator(str(res.path / "tensorboard" / "epochs")).Reload()
+    tags = set(epochs.Tags()["scalars"])
+    assert {"epoch/loss", "epoch/dis_pos", "epoch/ext_pixels_per_image", "epoch/lr", "epoch/val_miou"} <= tags
+    assert [e.step for e in epochs.Scalars("epoch/loss")] == [0, 1]
+    assert epochs.Scalars("epoch/val_miou")[0].value == pytest.approx(m["miou"])
+    iters = EventAccumulator(str(res.path / "tensorboard" / "iterations")).Reload()
+    assert "iteration/loss" in iters.Tags()["scalars"]
     # a second identical call is a cache hit
     again = run_train(SPEC, cfg, cache, points=points_dir, val_split="val", eval_cfg=EvalConfig(workers=0),
                       progress=False)
