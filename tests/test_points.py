@@ -331,6 +331,36 @@ def test_artefact_and_stats_on_a_hand_made_dataset(tmp_path):
     assert not (out / "sparse").exists()
 
 
+def test_points_json_is_written_as_write_json_writes_it(tmp_path):
+    """points.json's annotations are formatted directly; the file must still be what
+    ``io.write_json(doc, indent=None)`` gives: one line, keys sorted, for simulated and human clicks."""
+    from types import SimpleNamespace
+
+    from pointparse.io import write_json
+    from pointparse.points import write_points_artefact
+
+    a = np.zeros((6, 8), np.uint8)
+    a[:, 4:] = 1
+    ds = _folder(tmp_path / "ds", {"a": a, "b": np.full((6, 8), IGNORE_INDEX, np.uint8)}, classes=("x", "ü ,\"q"))
+    for name, images, source in [
+        ("sim", None, "simulated"),
+        ("human", [SimpleNamespace(name="a", height=6, width=8, xy=np.array([[1, 2], [7, 5]]), classes=np.array([1, 0]),
+                                   labelled_pixels=48),
+                   SimpleNamespace(name="b", height=6, width=8, xy=np.zeros((0, 2), np.int64),
+                                   classes=np.zeros(0, np.int64), labelled_pixels=0)], "human"),
+    ]:
+        out = tmp_path / name
+        out.mkdir()
+        if images is None:
+            make_points(ds, MakePointsConfig(min_area=4, workers=1), out, progress=False)
+        else:
+            write_points_artefact(out, ds, images, {"source": source}, source=source)
+        text = (out / "points.json").read_text(encoding="utf-8")
+        write_json(tmp_path / "ref.json", json.loads(text), indent=None)
+        assert text == (tmp_path / "ref.json").read_text(encoding="utf-8")
+        assert len(json.loads(text)["annotations"]) == 2
+
+
 def test_same_seed_is_byte_identical_and_workers_do_not_change_output(tmp_path):
     ds = _scenes(tmp_path, n=8)
     runs = {}
