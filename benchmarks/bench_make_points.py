@@ -20,6 +20,12 @@ meaningful when two cores are actually free.
     python benchmarks/bench_make_points.py [--images 64] [--size 512] [--repeat 3] [--instances]
     python benchmarks/bench_make_points.py --root ../shared/data/labelmefacade --split train   # real masks
 
+``--libraries`` adds rows for two compiled single-pass alternatives to the OpenCV calls, on the
+same masks (``pip install connected-components-3d edt``; measured, not used by make-points):
+cc3d's multi-label 8-connected labelling with ``scipy.ndimage.find_objects`` for the boxes (the
+same instances: checked), cc3d's own statistics, and edt's multi-label distance transform of the
+whole image (what centre clicks would need in place of one transform per instance).
+
 COCO mode (``--coco``) measures make-points on a COCO instances json against the converter a
 COCO user knows from detectron2's PointSup tools (``prepare_coco_point_annotations_without_masks``):
 load the json, decode every annotation's mask with pycocotools, draw one random pixel in its
@@ -203,6 +209,53 @@ def coco_main(args) -> int:
     return 0
 
 
+def library_rows(samples: list, num_classes: int, repeat: int) -> list[tuple[str, float]]:
+    """Seconds over ``samples`` (serial, OpenCV on one thread) of make-points' OpenCV steps and of
+    their cc3d / edt counterparts; raises if cc3d's instances differ from find_instances'."""
+    import cc3d
+    import cv2
+    import edt
+    import numpy as np
+    from scipy import ndimage
+
+    from pointparse.datasets import Instances
+    from pointparse.points import click_instances, find_instances
+    from pointparse.pool import opencv_single_threaded
+
+    def labels(mask):  # class + 1, so that 255 (ignore) wraps to 0, cc3d's background
+        return cc3d.connected_components(mask + np.uint8(1), connectivity=8, out_dtype=np.uint16)
+
+    def cc3d_instances(mask):
+        found = []
+        lab = labels(mask)
+        for j, sl in enumerate(ndimage.find_objects(lab), 1):
+            crop = lab[sl] == j
+            area = cv2.countNonZero(crop.view(np.uint8))
+            if area >= 16:
+                y0, x0 = sl[0].start, sl[1].start
+                found.append((int(mask[y0, x0 + int(crop[0].argmax())]), (y0, x0, sl[0].stop, sl[1].stop), area, crop))
+        found.sort(key=lambda f: (f[0], f[1][0], f[1][1], f[1][2] - f[1][0], f[1][3] - f[1][1], f[2]))
+        return Instances.from_list(found)
+
+    masks = [s.mask for s in samples]
+    with opencv_single_threaded():
+        ref = [find_instances(m, None, 16, num_classes) for m in masks]
+        for a, b in zip(ref, map(cc3d_instances, masks)):
+            same = (np.array_equal(a.boxes, b.boxes) and np.array_equal(a.classes, b.classes)
+                    and np.array_equal(a.areas, b.areas) and all(map(np.array_equal, a.crops, b.crops)))
+            if not same:
+                raise AssertionError("cc3d's instances differ from find_instances'")
+        return [
+            ("OpenCV: instances (find_instances)", _best_of(repeat, lambda: [find_instances(m, None, 16, num_classes) for m in masks])),
+            ("cc3d: labelling only", _best_of(repeat, lambda: [labels(m) for m in masks])),
+            ("cc3d + find_objects: same instances", _best_of(repeat, lambda: [cc3d_instances(m) for m in masks])),
+            ("cc3d: labelling + cc3d.statistics", _best_of(repeat, lambda: [cc3d.statistics(labels(m)) for m in masks])),
+            ("OpenCV: centre clicks, per instance", _best_of(repeat, lambda: [click_instances(f, "center") for f in ref])),
+            ("edt: multi-label transform, image", _best_of(repeat, lambda: [
+                edt.edt(labels(m), black_border=True, parallel=1) for m in masks])),
+        ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=256)
@@ -215,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", action="store_true", help="keep instance maps (default: masks only)")
     ap.add_argument("--root", default=None, help="a real folder dataset instead of generated scenes")
     ap.add_argument("--split", default="train", help="its split (with --root)")
+    ap.add_argument("--libraries", action="store_true", help="also measure cc3d / edt against the OpenCV steps")
     ap.add_argument("--coco", action="store_true", help="COCO mode: make-points vs a bbox-random converter")
     ap.add_argument("--coco-ann", default=None, help="a COCO instances json (default: generate one)")
     ap.add_argument("--coco-images", default=None, help="the folder its file_name entries are relative to")
@@ -251,6 +305,7 @@ def main(argv: list[str] | None = None) -> int:
             with fork_pool(args.workers) as pool:
                 list(pool.map(abs, range(args.workers * 4)))
 
+        libraries = library_rows(samples, k, args.repeat) if args.libraries else []
         pool_s = _best_of(args.repeat, idle_pool)
         outs = {}
 
@@ -282,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in rows:
         print(f"{name:<40}{s:>9.3f}{n / s:>10.1f}{decode_s / s:>14.2f}")
     print(f"{f'    {args.workers}-worker pool start/stop, no work':<40}{pool_s:>9.3f}   (a per-run cost, in (c))")
+    if libraries:
+        print(f"compiled alternatives (serial, OpenCV on one thread; ms per image; cc3d's instances equal find_instances'):")
+        for name, sec in libraries:
+            print(f"    {name:<40}{1e3 * sec / n:>8.2f} ms")
     print(f"serial and parallel outputs identical: {same}")
     ratio = decode_s / par_s
     print(f"target (c)/(a) >= 0.5: {'met' if ratio >= 0.5 else 'not met'} ({ratio:.2f})")
