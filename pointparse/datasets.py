@@ -361,9 +361,17 @@ def _require_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _pair_by_stem(images: list[Path], label_dir: Path, what: str, required: bool = True) -> dict[str, Path]:
-    """Map image stem → label PNG in ``label_dir``; a missing label is an error naming the image."""
+def _pair_by_stem(images: list[Path], label_dir: Path, what: str, required: bool = True,
+                  orphans: bool = False) -> dict[str, Path]:
+    """Map image stem → label PNG in ``label_dir``; a missing label is an error naming the image
+    (and with ``orphans``, a label PNG without an image is an error naming the label)."""
     labels = {p.stem: p for p in label_dir.iterdir() if p.suffix.lower() == ".png"} if label_dir.is_dir() else {}
+    if orphans and len(labels) > len(images):
+        stems = {img.stem for img in images}
+        lone = sorted(stem for stem in labels if stem not in stems)
+        more = f" ({len(lone)} {what}s have none)" if len(lone) > 1 else ""
+        raise DataError(labels[lone[0]], f"{what} has no image (expected {lone[0]}.jpg or .png beside the split's "
+                                         f"images in {images[0].parent}){more}")
     out = {}
     for img in images:
         lab = labels.get(img.stem)
@@ -472,7 +480,7 @@ class FolderDataset(SegmentationDataset):
         if len(set(self.names)) != len(self.names):
             dupes = sorted(n for n, c in Counter(self.names).items() if c > 1)[:5]
             raise DataError(img_dir, f"several images share the file stem(s) {dupes}; names must be unique")
-        self._masks = _pair_by_stem(images, mask_dir, "mask") if mask_dir is not None else None
+        self._masks = _pair_by_stem(images, mask_dir, "mask", orphans=True) if mask_dir is not None else None
         self._inst = _pair_by_stem(images, inst_dir, "instance map") if inst_dir is not None else None
 
     def image_path(self, i: int) -> Path:
@@ -1024,7 +1032,8 @@ class CocoDataset(SegmentationDataset):
             if not crowd:  # ids follow json order whether or not the mask is empty
                 iid, next_id = next_id, next_id + 1
             segm = ann["segmentation"]
-            if type(segm) is dict and type(segm.get("counts")) in (str, bytes) and segm.get("size") == hw:
+            if (type(segm) is dict and type(segm.get("counts")) in (str, bytes) and segm.get("size") == hw
+                    and type(segm["size"][0]) is int and type(segm["size"][1]) is int):
                 rle, area = segm, None  # compressed RLE of the right size: the decoder gives its area
             else:  # polygons, uncompressed RLE, anything odd: pycocotools, and its errors
                 decoded = self._rle_and_area(ann, h, w)
