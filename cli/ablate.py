@@ -33,9 +33,9 @@ def _split_list(values, cast, what: str) -> tuple | None:
 @click.option("--split", default="val", show_default=True, help="Split with dense ground truth to measure on.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option, repeatable.")
 @click.option("--methods", multiple=True, metavar="M[,M...]",
-              help="superpixel | kmeans | score | region | score+region (default: Table 5's rows).")
+              help="superpixel | kmeans | score | region | score+region | agree (default: Table 5's rows and agree).")
 @click.option("--thresholds", multiple=True, metavar="T[,T...]",
-              help="Score thresholds for score / score+region (default: 0.7 / 0.5..0.9 as Table 5).")
+              help="Score thresholds for score / score+region / agree (default: 0.7 / 0.5..0.9 as Table 5).")
 @click.option("--region", default=5, show_default=True, type=int, help="Square side around each click.")
 @click.option("--kmeans-features", type=click.Choice(["embeddings", "rgbxy"]), default="embeddings",
               show_default=True, help="K-means on the network's embeddings or on colour + position.")

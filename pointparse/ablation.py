@@ -17,7 +17,8 @@ into more labelled pixels, measured on a split with dense ground truth:
   bilinearly upsampled to the image (computed exactly without materialising them, see
   :class:`UpsampledFeatures`), or ``rgbxy`` = colour / 255 and position / max(H, W).
 * ``score`` (threshold t) — Eq. 6 alone; ``region`` (size r, default 5) — r x r squares around
-  the clicks; ``score+region`` (t, r) — Eq. 7, the paper's method. These three call
+  the clicks; ``score+region`` (t, r) — Eq. 7 read as sets, labelled with the arg-max;
+  ``agree`` (t, r) — Eq. 7 read as labelled candidates (pointparse.extension). These four call
   :func:`pointparse.extension.online_extension` on the checkpoint's softmax at full image
   resolution (whole-image inference, no flip, full precision).
 
@@ -119,6 +120,8 @@ METHODS: dict[str, ExtensionMethod] = {
     "region": ExtensionMethod("region", threshold=False, region=True, online=True),
     "score+region": ExtensionMethod("score+region", threshold=True, region=True, online=True,
                                     default_thresholds=TABLE5_THRESHOLDS),
+    # Eq. 7's other reading (pointparse.extension): kept where the arg-max agrees with the click
+    "agree": ExtensionMethod("agree", threshold=True, region=True, online=True, default_thresholds=TABLE5_THRESHOLDS),
 }
 
 #: K-means feature kinds.

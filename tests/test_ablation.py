@@ -190,9 +190,9 @@ def test_grid_defaults_to_table5_and_rejects_unknown_methods():
     labels = [r.label for r in build_grid()]
     assert labels == ["superpixel", "kmeans", "score t=0.7", "region r=5", "score+region t=0.5 r=5",
                       "score+region t=0.6 r=5", "score+region t=0.7 r=5", "score+region t=0.8 r=5",
-                      "score+region t=0.9 r=5"]
+                      "score+region t=0.9 r=5"] + [f"agree t={t} r=5" for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
     assert [r.label for r in build_grid(["score+region", "region"], [0.6], 3)] == ["score+region t=0.6 r=3", "region r=3"]
-    with pytest.raises(ConfigError, match="valid choices: kmeans, region, score, score\\+region, superpixel"):
+    with pytest.raises(ConfigError, match="valid choices: agree, kmeans, region, score, score\\+region, superpixel"):
         build_grid(["slic"])
     with pytest.raises(ConfigError, match="threshold"):
         build_grid(["score"], [1.5])
@@ -244,11 +244,11 @@ def test_cli_writes_table5(cache, val_points, checkpoint, tmp_path):
             "--examples", "1", "--cache-dir", str(cache.root), "--out", str(tmp_path / "out"), "--quiet"]
     res = CliRunner().invoke(ablate_extension_cmd, args, catch_exceptions=False)
     assert res.exit_code == 0, res.output
-    assert "9 rows" in res.output and "score+region" in res.output and "extension_acc" in res.output
+    assert "14 rows" in res.output and "score+region" in res.output and "extension_acc" in res.output
     out = tmp_path / "out"
     frame = pd.read_csv(out / "extension_table.csv")
     assert list(frame.columns) == [c for c in TABLE_COLUMNS if c not in ("miou", "pixel_acc")]
-    assert list(frame["method"]) == ["superpixel", "kmeans", "score", "region"] + ["score+region"] * 5
+    assert list(frame["method"]) == ["superpixel", "kmeans", "score", "region"] + ["score+region"] * 5 + ["agree"] * 5
     # accuracy is undefined (NaN) exactly when a method extended nothing (a 1-epoch model is
     # rarely confident enough for the score rows)
     acc, new = frame["extension_acc"], frame["new_pixels_per_image"]
@@ -259,10 +259,14 @@ def test_cli_writes_table5(cache, val_points, checkpoint, tmp_path):
     assert (np.diff(sr) <= 0).all()
     region = frame[frame["method"] == "region"].iloc[0]
     assert (sr <= region["new_pixels_per_image"]).all()
+    # agree keeps a subset of region's pixels with region's labels: never more pixels than the
+    # arg-max reading at the same threshold, and its accuracy is region's on that subset
+    agree = frame[frame["method"] == "agree"]["new_pixels_per_image"].to_numpy()
+    assert (agree <= sr).all() and (np.diff(agree) <= 0).all()
     per_class = pd.read_csv(out / "per_class_accuracy.csv")
-    assert len(per_class) == 9 * 9 and {"class", "accuracy", "coverage"} <= set(per_class.columns)
+    assert len(per_class) == 14 * 9 and {"class", "accuracy", "coverage"} <= set(per_class.columns)
     examples = sorted(p.name for p in (out / "examples").glob("*.png"))
-    assert len(examples) == 9 and "score+region-t0.7-r5_" in " ".join(examples)
+    assert len(examples) == 14 and "agree-t0.7-r5_" in " ".join(examples)
     assert Image.open(out / "examples" / examples[0]).size == (64, 64)
 
 
