@@ -176,6 +176,10 @@ def read_label_studio(path: Path) -> ReadResult:
                     problems.append(f"task {tid}: cannot tell which 'data' field is the image (expected data.image)")
                     break
                 value = res.get("value") or {}
+                if not isinstance(value, dict):
+                    problems.append(f"{where}: 'value' must be an object with x, y and keypointlabels, "
+                                    f"got {value!r:.60}")
+                    continue
                 labels = value.get("keypointlabels")
                 try:
                     ow, oh = int(res["original_width"]), int(res["original_height"])
@@ -733,6 +737,10 @@ def import_clicks(path: str | Path, fmt: str, dataset: SegmentationDataset,
     if problems:
         raise DataError(path, f"{len(problems)} invalid click entr{'y' if len(problems) == 1 else 'ies'} "
                               f"({fmt}):{_listing(problems)}")
+    if not per_image:
+        dropped = f"; the class map drops all {len(read.clicks)} read" if read.clicks else ""
+        raise DataError(path, f"no clicks to import ({fmt}){dropped}: nothing to train on for {info.name} split "
+                              f"{dataset.split!r}")
 
     images = []
     for i in tqdm(range(len(dataset)), desc="import-clicks", unit="img", disable=not progress):

@@ -102,7 +102,7 @@ def load_for_inference(ref: str | Path, device: torch.device | str = "cpu") -> L
     path = checkpoint_file(ref)
     ckpt = load_checkpoint(path)
     try:
-        model, info = model_from_checkpoint(ckpt)
+        model, info = model_from_checkpoint(ckpt, path)
         norm = ckpt["normalization"]
         mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:

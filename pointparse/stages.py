@@ -179,6 +179,24 @@ def check_points_match(points_info, dataset: SegmentationDataset, points_path: P
                                      f"({dataset.info.protocol}): {why}{hint}")
 
 
+def check_points_inside_images(points, dataset: SegmentationDataset) -> None:
+    """Every click must lie inside the real image, not only inside the size points.json claims
+    (an edited file, or images replaced since the clicks were made)."""
+    index = {n: i for i, n in enumerate(dataset.names)}
+    for name in points.names:
+        xy, _ = points.points(name)
+        if not len(xy) or name not in index:
+            continue
+        h, w = dataset.image_size(index[name])
+        outside = (xy[:, 0] >= w) | (xy[:, 1] >= h)
+        if outside.any():
+            x, y = (int(v) for v in xy[int(outside.argmax())])
+            ch, cw = points.image_sizes[name]
+            raise DataError(points.path, f"click ({x}, {y}) of image {name!r} lies outside the image "
+                                         f"({dataset.image_path(index[name])} is {w}x{h}; points.json says "
+                                         f"{cw}x{ch}): the clicks were made for another version of it?")
+
+
 def class_difference(theirs, ours) -> str:
     """What differs between two class lists, in words (counts alone can be equal: a reordered list)."""
     theirs, ours = list(theirs), list(ours)
@@ -238,7 +256,11 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         points_key = read_json(points_dir / "manifest.json")["key"]
         from .points import load_points
 
-        check_points_match(load_points(points_dir).info, ds, points_dir)
+        point_set = load_points(points_dir)
+        check_points_match(point_set.info, ds, points_dir)
+        if point_set.num_points == 0:
+            raise DataError(point_set.path, f"holds no clicks for its {len(point_set.names)} images: point "
+                                            "supervision would have nothing to learn from")
     eval_cfg = eval_cfg or EvalConfig()
     params, inputs = plan_train(spec, ds, train_cfg, points_key, val_split, eval_cfg, content_hash)
 
@@ -248,6 +270,8 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
                "val_split": val_split, "eval": dataclasses.asdict(eval_cfg), "progress": progress}
         from .io import write_json
 
+        if points_dir is not None:  # only when training: reading every image header is not free
+            check_points_inside_images(point_set, ds)
         write_json(tmp / "job.json", job)
         discard_corrupt_checkpoint(tmp, cache.echo)
         if gpus and gpus > 1 or torchrun_args:
@@ -397,7 +421,12 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
 
     rt = setup_runtime(eval_cfg.device)
     ckpt = load_checkpoint(checkpoint)
-    model, info = model_from_checkpoint(ckpt)
+    model, info = model_from_checkpoint(ckpt, checkpoint)
+    try:
+        norm = ckpt["normalization"]
+        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(checkpoint, f"checkpoint has no usable 'normalization' mean/std ({exc.__class__.__name__})") from None
     ds = open_spec(spec, cache, progress=False)
     if tuple(ds.info.classes) != tuple(info.classes):
         raise DataError(checkpoint, f"the checkpoint's classes ({info.protocol}) do not match {spec.kind} split "
@@ -407,8 +436,7 @@ def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cach
         import torch
 
         model = model.to(memory_format=torch.channels_last)
-    norm = ckpt["normalization"]
-    metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, norm["mean"], norm["std"],
+    metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, mean, std,
                                  rt.rank, rt.world_size, progress)
     if rt.is_main:
         return write_metrics(out_dir, metrics, cm, info, {"split": spec.split, "images": len(ds)})

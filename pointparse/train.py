@@ -570,13 +570,26 @@ def load_checkpoint(path: str | Path) -> dict:
     return obj
 
 
-def model_from_checkpoint(ckpt: dict) -> tuple[PointParseNet, DatasetInfo]:
-    """Rebuild the network (no ImageNet download) and its dataset info from a loaded checkpoint."""
-    mcfg = dict(ckpt["model_config"])
-    mcfg["weights"] = "none"
-    model = build_model(ModelConfig.from_dict(mcfg))
-    model.load_state_dict(ckpt["model"])
-    return model, DatasetInfo.from_dict(ckpt["info"])
+def model_from_checkpoint(ckpt: dict, path: str | Path | None = None) -> tuple[PointParseNet, DatasetInfo]:
+    """Rebuild the network (no ImageNet download) and its dataset info from a loaded checkpoint.
+
+    A checkpoint with missing keys, weights of the wrong shapes or a class list that does not
+    match its head is one :class:`DataError` naming ``path`` (the file it was loaded from)."""
+    try:
+        mcfg = dict(ckpt["model_config"])
+        mcfg["weights"] = "none"
+        model = build_model(ModelConfig.from_dict(mcfg))
+        model.load_state_dict(ckpt["model"])
+        info = DatasetInfo.from_dict(ckpt["info"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, ConfigError) as exc:
+        said = " ".join(str(exc).split())  # load_state_dict lists every key over several lines
+        said = said if len(said) <= 400 else said[:400] + " ..."
+        raise DataError(path or "checkpoint", f"not a usable pointparse checkpoint ({exc.__class__.__name__}: "
+                                              f"{said})") from None
+    if info.num_classes != model.num_classes:
+        raise DataError(path or "checkpoint", f"its class list has {info.num_classes} classes ({info.protocol}) "
+                                              f"but its classifier predicts {model.num_classes}")
+    return model, info
 
 
 def _final_checkpoint(model, cfg: TrainConfig, info: DatasetInfo, epochs_done: int) -> dict:

@@ -366,3 +366,39 @@ def test_safe_name_accepts_plain_names_only():
     for bad in ("", ".", "..", "../x", "a/b", "a\\b", "/abs", "a\0b"):
         with pytest.raises(DataError, match="not a plain file name"):
             safe_name(bad, "x.json")
+
+
+def test_label_studio_value_not_an_object_is_listed(ds, tmp_path):
+    """``"value": [1, 2]`` is one listed entry in the one error, not an AttributeError (issue 15, item 7)."""
+    tasks = [{"id": 7, "data": {"image": "im0.png"}, "annotations": [{"result": [
+        {"type": "keypointlabels", "original_width": 40, "original_height": 32, "value": [1, 2]},
+        {"type": "keypointlabels", "original_width": 40, "original_height": 32, "value": "x"}]}]}]
+    f = tmp_path / "ls.json"
+    f.write_text(json.dumps(tasks))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError) as err:
+        import_clicks(f, "label-studio", ds, None, out)
+    msg = str(err.value)
+    assert msg.startswith(str(f)) and "2 invalid click entries" in msg
+    assert "task 7 annotation 0 result 0: 'value' must be an object with x, y and keypointlabels, got [1, 2]" in msg
+    assert not any(out.iterdir())
+
+
+def test_a_click_file_without_clicks_is_refused(ds, root, tmp_path):
+    """0 clicks (an empty file, or every label mapped to null) is one error, no artefact (issue 15, item 8)."""
+    f = tmp_path / "empty.txt"
+    f.write_text("# nothing clicked yet\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(DataError, match=r"empty.txt: no clicks to import \(text\): nothing to train on"):
+        import_clicks(f, "text", ds, None, out)
+    dropped = tmp_path / "dropped.txt"
+    dropped.write_text("im0 thing,1,1 thing,2,2\n")
+    with pytest.raises(DataError, match="the class map drops all 2 read"):
+        import_clicks(dropped, "text", ds, {"thing": None}, out)
+    assert not any(out.iterdir())
+    res = CliRunner().invoke(import_clicks_cmd, [str(f), "--format", "text", "--dataset", "folder",
+                                                 "--root", str(root), "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 1 and "no clicks to import" in res.output and "Traceback" not in res.output, res.output
+    assert not list((tmp_path / "c").glob("import-clicks/*/*/manifest.json"))

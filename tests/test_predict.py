@@ -258,3 +258,27 @@ def test_predict_on_cuda_matches_cpu(checkpoint, inputs, tmp_path):
     assert len(gpu.written) == len(cpu.written) == 3
     for p in cpu.written:
         assert (read_label(p) == read_label(tmp_path / "gpu" / p.name)).mean() > 0.99
+
+
+def test_a_class_list_that_does_not_match_the_head_is_refused(checkpoint, tmp_path):
+    """A checkpoint whose class list (3) is not its head's (9) would write ids 3-8 that name no class:
+    one error naming the file, before any image is read (issue 15, item 8)."""
+    ckpt = torch.load(checkpoint, weights_only=True)
+    info = dict(ckpt["info"])
+    info["classes"], info["palette"] = list(info["classes"])[:3], list(info["palette"])[:3]
+    ckpt["info"] = info
+    bad = tmp_path / "model.pt"
+    torch.save(ckpt, bad)
+    with pytest.raises(DataError, match="class list has 3 classes .* but its classifier predicts 9") as err:
+        load_for_inference(bad)
+    assert str(err.value).startswith(str(bad))
+    res = CliRunner().invoke(predict_cmd, [str(bad), str(tmp_path), "--out", str(tmp_path / "o"), "-q"])
+    assert res.exit_code == 1 and "classifier predicts 9" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+    # missing or misshapen weights: the same one line as evaluate and the ablation give
+    ckpt = torch.load(checkpoint, weights_only=True)
+    k = next(k for k in ckpt["model"] if k.startswith("classifier."))
+    ckpt["model"][k] = ckpt["model"][k][:3]
+    torch.save(ckpt, bad)
+    with pytest.raises(DataError, match=f"not a usable pointparse checkpoint .*size mismatch for {k}"):
+        load_for_inference(bad)

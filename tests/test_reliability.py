@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from pointparse.errors import DataError
+
 TIMEOUT = 60
 
 # One process asking the cache for a slow, resumable "train" artefact. It logs when its build starts
@@ -308,3 +310,151 @@ def test_reordered_classes_and_bad_gpus_are_one_clear_line(tmp_path):
     res = CliRunner().invoke(main, [*train, "--points", str(art)])
     assert res.exit_code != 0 and "the same 2 classes in another order" in res.output, res.output
     assert "id 0 is 'ground' there, 'thing' here" in res.output
+
+
+def _tiny_checkpoint(path: Path, classes=("ground", "thing"), **changes) -> Path:
+    """A pointparse checkpoint of an untrained 2-class ResNet-18 net; ``changes`` replace or (None)
+    drop its top-level keys."""
+    import torch
+
+    from pointparse.datasets import DatasetInfo
+    from pointparse.model import ModelConfig, build_model
+    from pointparse.train import CHECKPOINT_FORMAT
+
+    model = build_model(ModelConfig(num_classes=2, backbone="resnet18", weights="none"))
+    info = DatasetInfo(name="data", protocol=f"folder-{len(classes)}", classes=tuple(classes),
+                       palette=tuple((k, k, k) for k in range(len(classes))))
+    ckpt = {"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "model_config": model.config.to_dict(),
+            "info": info.to_dict(), "normalization": {"mean": [0.5] * 3, "std": [0.25] * 3}, "epochs": 1}
+    for k, v in changes.items():
+        if v is None:
+            ckpt.pop(k)
+        else:
+            ckpt[k] = v
+    torch.save(ckpt, path)
+    return path
+
+
+def test_evaluate_refuses_a_checkpoint_with_missing_keys_or_wrong_shapes(tmp_path):
+    """The right format tag is not enough: missing keys, missing or misshapen weights and a class
+    list that does not fit the head are one DataError naming the file (issue 15, items 7 and 8)."""
+    import torch
+
+    from pointparse.cache import StageCache
+    from pointparse.evaluate import EvalConfig
+    from pointparse.model import ModelConfig, build_model
+    from pointparse.stages import DatasetSpec, evaluate_checkpoint_into
+
+    root = _folder_dataset(tmp_path / "data")
+    spec = DatasetSpec(kind="folder", root=str(root), split="train")
+    state = build_model(ModelConfig(num_classes=2, backbone="resnet18", weights="none")).state_dict()
+    first = next(iter(state))
+    misshapen = {**state, first: torch.zeros(3, 3)}
+    missing = {k: v for k, v in state.items() if k != first}
+    cases = [  # (checkpoint changes, what the one line says)
+        ({"model": None}, "KeyError: 'model'"),
+        ({"model_config": None}, "KeyError: 'model_config'"),
+        ({"info": None}, "KeyError: 'info'"),
+        ({"model": misshapen}, "size mismatch"),
+        ({"model": missing}, "Missing key"),
+        ({"normalization": None}, "no usable 'normalization'"),
+        ({"classes": ("a", "b", "c")}, "class list has 3 classes (folder-3) but its classifier predicts 2"),
+    ]
+    for k, (changes, expected) in enumerate(cases):
+        path = _tiny_checkpoint(tmp_path / f"case{k}.pt", **changes)
+        with pytest.raises(DataError) as err:
+            evaluate_checkpoint_into(path, spec, EvalConfig(workers=0, device="cpu"), StageCache(tmp_path / "c"),
+                                     tmp_path / "out", progress=False)
+        msg = str(err.value)
+        assert msg.startswith(f"{path}: ") and "\n" not in msg and expected in msg, (changes.keys(), msg)
+
+
+def test_points_json_with_wrong_types_is_one_error_naming_it(tmp_path):
+    """'annotations' not a list, point_labels ["a"], a coordinate 1e400 (issue 15, item 7)."""
+    import json
+
+    from pointparse.datasets import DatasetInfo
+    from pointparse.points import load_points
+
+    info = DatasetInfo(name="d", protocol="folder-2", classes=("ground", "thing"), palette=((0, 0, 0), (1, 1, 1)))
+    good = {"info": info.to_dict(), "images": [{"id": 1, "name": "im0", "height": 24, "width": 24}],
+            "categories": [{"id": 0, "name": "ground"}, {"id": 1, "name": "thing"}],
+            "annotations": [{"image_id": 1, "category_id": 1, "point_coords": [[3, 4]], "point_labels": [1]}]}
+    path = tmp_path / "points.json"
+    path.write_text(json.dumps(good))
+    assert load_points(path).num_points == 1
+
+    def doc(**changes):
+        d = json.loads(json.dumps(good))
+        d.update(changes.pop("top", {}))
+        d["annotations"][0].update(changes) if isinstance(d["annotations"], list) and d["annotations"] else None
+        return json.dumps(d)
+
+    cases = [
+        (doc(top={"annotations": 5}), "'annotations' is not a list"),
+        (doc(top={"annotations": {"id": 1}}), "'annotations' is not a list"),
+        (doc(top={"images": 3}), "'images' is not a list"),
+        (doc(point_labels=["a"]), "annotations[0] point_labels must be a list of integers"),
+        (doc(point_labels=[None]), "annotations[0] point_labels must be a list of integers"),
+        (doc(point_labels=1), "annotations[0] point_labels must be a list of integers"),
+        (doc().replace("[[3, 4]]", "[[1e400, 4]]"), "annotations[0] needs"),
+        (doc().replace('"height": 24', '"height": 1e400'), "images[0] needs integer"),
+    ]
+    for text, expected in cases:
+        path.write_text(text)
+        with pytest.raises(DataError) as err:
+            load_points(path)
+        assert str(err.value).startswith(f"{path}: malformed point annotations") and expected in str(err.value), text
+
+
+def test_masks_without_an_image_are_refused_naming_the_mask(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from pointparse.datasets import open_dataset
+
+    root = _folder_dataset(tmp_path / "data", n=2)
+    assert len(open_dataset("folder", root, split="train")) == 2
+    Image.fromarray(np.zeros((24, 24), np.uint8)).save(root / "masks" / "lost.png")
+    with pytest.raises(DataError, match="mask has no image") as err:
+        open_dataset("folder", root, split="train")
+    assert str(err.value).startswith(str(root / "masks" / "lost.png"))
+
+
+def test_train_refuses_points_without_clicks_or_outside_the_real_image(tmp_path):
+    """A points artefact with 0 clicks, and clicks outside the image the dataset really has (the
+    size points.json claims is larger), are refused before training (issue 15, item 8)."""
+    import numpy as np
+    from PIL import Image
+
+    from pointparse.cache import StageCache
+    from pointparse.points import MakePointsConfig
+    from pointparse.stages import DatasetSpec, run_make_points, run_train
+    from pointparse.train import TrainConfig
+
+    cfg = TrainConfig(backbone="resnet18", weights="none", epochs=1, batch_size=2, crop_size=24, device="cpu",
+                      workers=0, pdml=False)
+    # every pixel ignore: make-points finds no instance, so no clicks
+    empty = _folder_dataset(tmp_path / "empty", n=2)
+    for p in (empty / "masks").iterdir():
+        Image.fromarray(np.full((24, 24), 255, np.uint8)).save(p)
+    cache = StageCache(tmp_path / "c")
+    spec = DatasetSpec(kind="folder", root=str(empty), split="train")
+    pts = run_make_points(spec, MakePointsConfig(workers=0), cache, progress=False)
+    with pytest.raises(DataError, match="holds no clicks for its 2 images"):
+        run_train(spec, cfg, cache, points=pts.path, progress=False)
+    assert not list((tmp_path / "c").glob("train/*/*/model.pt"))
+
+    root = _folder_dataset(tmp_path / "data", n=2)
+    spec = DatasetSpec(kind="folder", root=str(root), split="train")
+    pts = run_make_points(spec, MakePointsConfig(workers=0), cache, progress=False)
+    # the images (and masks) replaced by 6x6 ones after the clicks were made at 24x24
+    for sub in ("images", "masks"):
+        for p in (root / sub).iterdir():
+            small = np.zeros((6, 6, 3) if sub == "images" else (6, 6), np.uint8)
+            Image.fromarray(small).save(p)
+    with pytest.raises(DataError, match=r"of image 'im\d' lies outside the image \(.*im\d.png is 6x6; points.json "
+                                        r"says 24x24\)") as err:
+        run_train(spec, cfg, cache, points=pts.path, progress=False)
+    assert str(err.value).startswith(str(pts.path / "points.json"))
+    assert not list((tmp_path / "c").glob("train/*/*/model.pt"))
