@@ -15,28 +15,32 @@ from pointparse.errors import ConfigError
 from .options import cache_option, echo_result, force_option, friendly, parse_kv
 
 
-def parse_runs(items) -> dict[str, str]:
-    """``NAME=REF`` strings → ordered dict; empty or repeated names are errors.
+def parse_runs(items) -> dict[str, str | list[str]]:
+    """``NAME=REF[,REF...]`` strings → ordered dict; empty or repeated names are errors.
 
     The *last* ``=`` separates name and reference, so names like ``pdml α=0`` work (artefact
-    folders and cache keys rarely contain ``=``).
+    folders and cache keys rarely contain ``=``). Several comma-separated references (one per
+    seed) make one row of the seeds table.
     """
-    runs: dict[str, str] = {}
+    runs: dict[str, str | list[str]] = {}
     for item in items or ():
         name, sep, ref = item.rpartition("=")
         name, ref = name.strip(), ref.strip()
         if not sep or not name or not ref:
             raise ConfigError(f"--run expects NAME=REF (a name, '=', an artefact folder or cache key), got {item!r}")
         if name in runs:
-            raise ConfigError(f"run name {name!r} is given twice; names label the table rows and must be unique")
-        runs[name] = ref
+            raise ConfigError(f"run name {name!r} is given twice; names label the table rows and must be unique "
+                              "(give several seeds as NAME=REF1,REF2)")
+        refs = [r.strip() for r in ref.split(",") if r.strip()]
+        runs[name] = refs if len(refs) > 1 else refs[0]
     return runs
 
 
 @click.command("report")
 @click.option("--run", "run_items", multiple=True, metavar="NAME=REF",
               help="A run to report: a name, '=', and a train or evaluate artefact (folder or cache key); the "
-                   "last '=' ends the name. Repeatable; the order is the table order.")
+                   "last '=' ends the name; NAME=REF1,REF2,... for one run over several seeds. Repeatable; the "
+                   "order is the table order.")
 @click.option("--all-runs", is_flag=True,
               help="Report every finished train artefact with metrics in the cache (named after its settings).")
 @click.option("--extension", "extension_ref", default=None, metavar="REF",

@@ -230,7 +230,9 @@ def _run_ablate(stage, up, ctx):
 def _run_report(stage, up, ctx):
     from .report import ReportConfig, run_report
 
-    runs = {label: str(results[0].path) for label, results in up["runs"].items()}
+    # a matrix stage (several seeds) is one row of the report, over all its artefacts
+    runs = {label: [str(r.path) for r in results] if len(results) > 1 else str(results[0].path)
+            for label, results in up["runs"].items()}
     ext = up.get("extension")
     dataset = _dataset_for(stage, ctx, default="val") if stage.spec.get("dataset") else None
     cfg = ReportConfig(**stage.params)
@@ -267,10 +269,10 @@ def _plan_report(stage, up, ctx):
 
     runs = {}
     for label, keys in up["runs"].items():
-        path = _cached_path(ctx, "train", keys[0]) or _cached_path(ctx, "evaluate", keys[0])
-        if path is None:
+        paths = [_cached_path(ctx, "train", k) or _cached_path(ctx, "evaluate", k) for k in keys]
+        if any(p is None for p in paths):
             return None
-        runs[label] = str(path)
+        runs[label] = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
     ext = None
     if up.get("extension"):
         ext = _cached_path(ctx, "ablate-extension", up["extension"][0])

@@ -33,7 +33,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image
@@ -45,7 +45,7 @@ from .metrics import SegMetrics
 
 REPORT_STAGE = "report"
 #: bump when the report's files change for the same inputs
-REPORT_VERSION = 2
+REPORT_VERSION = 3
 EXTENSION_TABLE = "extension_table.csv"
 #: columns of an ablate-extension table, in the order Table 5 shows them; others are kept after these
 EXTENSION_COLUMNS = ("method", "threshold", "region", "extension_acc", "new_pixels_per_image", "coverage",
@@ -88,6 +88,8 @@ class RunData:
     train_dataset: dict | None = None
     points_stats: dict | None = None
     points_dataset: dict | None = None
+    #: every artefact of this row when it was run with several seeds (this one first); empty = one
+    repeats: list["RunData"] = field(default_factory=list)
 
     @property
     def supervision(self) -> str:
@@ -267,16 +269,64 @@ def _eval_spec_of_evaluate(eval_manifest: dict, train_manifest: dict) -> dict | 
     return {**tspec, "split": ds["split"]} if same else None
 
 
-def load_runs(runs: Mapping[str, str | Path], cache: StageCache | None = None) -> list[RunData]:
-    """Load every named run and check that they were evaluated on one class set."""
+def load_runs(runs: Mapping[str, str | Path | Sequence[str | Path]], cache: StageCache | None = None) -> list[RunData]:
+    """Load every named run and check that they were evaluated on one class set.
+
+    A run given as a list of artefacts (one per seed) is one table row: the first artefact feeds
+    the figures and per-class tables, all of them the seeds table (:func:`seed_table`).
+    """
     if not runs:
         raise ConfigError("a report needs at least one run (name=artefact)")
     for name in runs:
         if not str(name).strip():
             raise ConfigError("run names must not be empty")
-    loaded = [load_run(str(n), ref, cache) for n, ref in runs.items()]
-    check_same_classes(loaded)
+    loaded = []
+    for n, ref in runs.items():
+        refs = [ref] if isinstance(ref, (str, Path)) else list(ref)
+        if not refs:
+            raise ConfigError(f"run {n!r} names no artefact")
+        repeats = [load_run(str(n), r, cache) for r in refs]
+        first = repeats[0]
+        first.repeats = repeats if len(repeats) > 1 else []
+        loaded.append(first)
+    check_same_classes([r for run in loaded for r in (run.repeats or [run])])
     return loaded
+
+
+#: the row the seeds table pairs every other row with, when the report has one of that name
+BASELINE_RUN = "PointSup"
+
+
+def seed_table(runs: list[RunData], baseline: str = BASELINE_RUN):
+    """Table 3 over seeds: per row the mIoU of each seed, mean ± std, the paired per-seed difference
+    against ``baseline`` (same seed; NaN without one) and ``best`` = the highest mean mIoU among the
+    point-supervised rows (pandas DataFrame, mIoU in [0, 1])."""
+    import pandas as pd
+
+    def per_seed(r: RunData) -> dict:
+        return {int(x.train.get("seed", i)): x.miou for i, x in enumerate(r.repeats or [r])}
+
+    base = next((per_seed(r) for r in runs if r.name == baseline), None)
+    rows = []
+    for r in runs:
+        seeds = per_seed(r)
+        vals = list(seeds.values())
+        diffs = [seeds[s] - base[s] for s in seeds if base is not None and s in base] if r.name != baseline else []
+        rows.append({
+            "run": r.name, "supervision": r.supervision, "seeds": " ".join(str(s) for s in seeds),
+            "n": len(vals), "miou_mean": float(np.mean(vals)),
+            "miou_std": float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan"),
+            "pixel_acc_mean": float(np.mean([x.pixel_acc for x in (r.repeats or [r])])),
+            "paired_diff_mean": float(np.mean(diffs)) if diffs else float("nan"),
+            "paired_diff_std": float(np.std(diffs, ddof=1)) if len(diffs) > 1 else float("nan"),
+            "paired_n": len(diffs),
+        })
+    df = pd.DataFrame(rows)
+    points = df[df["supervision"] == "points"]
+    df["best"] = False
+    if len(points):
+        df.loc[points["miou_mean"].idxmax(), "best"] = True
+    return df
 
 
 def check_same_classes(runs: list[RunData]) -> None:
@@ -669,11 +719,24 @@ def _tick(v: bool) -> str:
     return "✓" if v else ""
 
 
-def _display_tables(summary, per_class, hyper, ext) -> list[tuple[str, str, list[str], list[list[str]]]]:
+def _display_tables(summary, per_class, hyper, ext, seeds=None) -> list[tuple[str, str, list[str], list[list[str]]]]:
     """[(title, caption, header, rows)] with numbers formatted like the paper."""
     import pandas as pd
 
     out = []
+    if seeds is not None:
+        header = ["Run", "Seeds", "mIoU (mean ± std)", "Pixel acc", f"Paired diff. vs {BASELINE_RUN}", ""]
+        rows = []
+        for _, r in seeds.iterrows():
+            spread = "" if r["miou_std"] != r["miou_std"] else f" ± {100 * r['miou_std']:.1f}"
+            paired = "" if r["paired_diff_mean"] != r["paired_diff_mean"] else \
+                f"{100 * r['paired_diff_mean']:+.1f}" + ("" if r["paired_diff_std"] != r["paired_diff_std"]
+                                                          else f" ± {100 * r['paired_diff_std']:.1f}")
+            rows.append([r["run"], r["seeds"], f"{100 * r['miou_mean']:.1f}{spread}", _fmt_pct(r["pixel_acc_mean"],
+                         sign="%"), paired, "best" if r["best"] else ""])
+        out.append(("Table 3 over seeds", "Each row's mIoU over its seeds (mean ± sample std) and the per-seed "
+                    f"difference to {BASELINE_RUN} trained with the same seed; 'best' marks the point-supervised "
+                    "row with the highest mean. seeds.csv has the numbers.", header, rows))
     header = ["Run", "FullSup", "PointSup", "PDML", "Online ext.", "mIoU", "Pixel acc", "Annotated px / image",
               "Ratio to full"]
     rows = []
@@ -794,10 +857,12 @@ def write_report(runs: list[RunData], out: Path, extension: Path | None = None, 
     summary = summary_table(runs)
     per_class = per_class_table(runs)
     hyper = hyperparameter_table(runs)
+    seeds = seed_table(runs)
     ext = read_extension_table(extension) if extension is not None else None
     _write_csv(summary, out / "summary.csv")
     _write_csv(per_class, out / "per_class_iou.csv", index=True)
-    files = ["summary.csv", "per_class_iou.csv"]
+    _write_csv(seeds, out / "seeds.csv")
+    files = ["summary.csv", "per_class_iou.csv", "seeds.csv"]
     if hyper is not None:
         _write_csv(hyper, out / "hyperparameters.csv")
         files.append("hyperparameters.csv")
@@ -805,14 +870,18 @@ def write_report(runs: list[RunData], out: Path, extension: Path | None = None, 
         _write_csv(ext, out / "extension.csv")
         files.append("extension.csv")
     figs, skipped = _make_figures(runs, out, ext, qualitative_images, dataset, cache, device)
-    _write_index(out, runs, _display_tables(summary, per_class, hyper, ext), figs, skipped)
+    _write_index(out, runs, _display_tables(summary, per_class, hyper, ext, seeds), figs, skipped)
     files += [f for f, _ in figs] + ["index.md", "index.html"]
     info = {"runs": {r.name: {"stage": r.stage, "path": str(r.path), "key": r.key,
                               "train_dir": str(r.train_dir) if r.train_dir else None,
                               "eval_dir": str(r.eval_dir) if r.eval_dir else None} for r in runs},
             "extension": str(extension) if extension is not None else None,
             "files": files, "skipped": skipped,
-            "summary": {r.name: {"miou": _none_nan(r.miou), "pixel_acc": _none_nan(r.pixel_acc)} for r in runs}}
+            "summary": {r["run"]: {"miou": _none_nan(r["miou_mean"]), "pixel_acc": _none_nan(r["pixel_acc_mean"]),
+                                   "miou_std": _none_nan(r["miou_std"]), "seeds": int(r["n"]),
+                                   "paired_diff": _none_nan(r["paired_diff_mean"]),
+                                   "paired_diff_std": _none_nan(r["paired_diff_std"]), "best": bool(r["best"])}
+                        for _, r in seeds.iterrows()}}
     write_json(out / "report.json", info)
     return info
 
@@ -837,8 +906,16 @@ def format_summary(result: StageResult) -> str:
     lines = []
     for name, s in ((n, summary[n]) for n in order if n in summary):  # table order, not the sorted keys
         miou = "–" if s.get("miou") is None else f"{100 * s['miou']:.1f}"
+        if s.get("miou_std") is not None:
+            miou += f" ± {100 * s['miou_std']:.1f}"
         acc = "–" if s.get("pixel_acc") is None else f"{100 * s['pixel_acc']:.1f}%"
-        lines.append(f"  {name:28s} mIoU {miou:>5s}  pixel acc {acc:>6s}")
+        line = f"  {name:28s} mIoU {miou:>11s}  pixel acc {acc:>6s}"
+        if s.get("paired_diff") is not None:
+            sd = "" if s.get("paired_diff_std") is None else f" ± {100 * s['paired_diff_std']:.1f}"
+            line += f"  vs {BASELINE_RUN} {100 * s['paired_diff']:+.1f}{sd}"
+        if s.get("best"):
+            line += "  <- best from clicks"
+        lines.append(line)
     lines.append(f"  open {result.path / 'index.html'}")
     return "\n".join(lines)
 
@@ -847,7 +924,7 @@ def _none_nan(v: float) -> float | None:
     return None if v is None or math.isnan(v) else float(v)
 
 
-def build_report(runs: Mapping[str, str | Path], out_dir: str | Path, extension: str | Path | None = None,
+def build_report(runs: Mapping[str, str | Path | Sequence[str | Path]], out_dir: str | Path, extension: str | Path | None = None,
                  qualitative_images: int = 4, dataset=None, cache: StageCache | None = None,
                  device: str = "auto") -> Path:
     """Write the report for named runs (folders or cache keys) into ``out_dir``, atomically.
@@ -866,13 +943,14 @@ def build_report(runs: Mapping[str, str | Path], out_dir: str | Path, extension:
     return Path(out_dir)
 
 
-def _report_key_parts(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None,
+def _report_key_parts(runs: Mapping[str, str | Path | Sequence[str | Path]], cache: StageCache, extension: str | Path | None,
                       qualitative_images: int, dataset) -> tuple[list[RunData], Path | None, dict, dict]:
     if qualitative_images < 0:
         raise ConfigError(f"qualitative_images must be >= 0, got {qualitative_images}")
     loaded = load_runs(runs, cache)
     ext = resolve_extension(extension, cache) if extension is not None else None
-    inputs: dict[str, Any] = {"runs": [[r.name, r.stage, r.key] for r in loaded]}
+    inputs: dict[str, Any] = {"runs": [[r.name, r.stage, r.key] + ([[x.key for x in r.repeats]] if r.repeats else [])
+                                       for r in loaded]}
     if ext is not None:
         man = ext.parent / MANIFEST
         inputs["extension"] = (read_json(man).get("key") if man.is_file() else None) or \
@@ -886,14 +964,14 @@ def _report_key_parts(runs: Mapping[str, str | Path], cache: StageCache, extensi
     return loaded, ext, params, inputs
 
 
-def plan_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None = None,
+def plan_report(runs: Mapping[str, str | Path | Sequence[str | Path]], cache: StageCache, extension: str | Path | None = None,
                 qualitative_images: int = 4, dataset=None) -> str:
     """The key :func:`run_report` gives these inputs, without writing anything (``--dry-run``)."""
     _, _, params, inputs = _report_key_parts(runs, cache, extension, qualitative_images, dataset)
     return stage_key(REPORT_STAGE, REPORT_VERSION, params, inputs)
 
 
-def run_report(runs: Mapping[str, str | Path], cache: StageCache, extension: str | Path | None = None,
+def run_report(runs: Mapping[str, str | Path | Sequence[str | Path]], cache: StageCache, extension: str | Path | None = None,
                qualitative_images: int = 4, dataset=None, device: str = "auto", force: bool = False) -> StageResult:
     """The cached ``report`` stage, keyed by the runs' names and artefact keys, the extension table and
     the options (``device`` only changes speed, so it is not part of the key)."""

@@ -347,3 +347,32 @@ def test_out_never_replaces_a_folder_report_did_not_write(tmp_path):
         res = CliRunner().invoke(report_cmd, [*args, str(out)])
         assert res.exit_code == 0, res.output
         assert (out / "index.html").is_file()
+
+
+def test_seeds_table_pairs_each_row_with_pointsup_and_marks_the_best(tmp_path):
+    from pointparse.report import load_runs, seed_table
+
+    pts = _write_points(tmp_path / "points" / "p1", "p1")
+    def cm(correct):  # a 3-class matrix with the given share on the diagonal
+        m = np.full((len(CLASSES), len(CLASSES)), 10, np.int64)
+        np.fill_diagonal(m, correct)
+        return m
+
+    runs = {"FullSup": [_write_train(tmp_path / f"f{s}", f"kf{s}", cm(90), None, supervision="full", pdml=False, seed=s)
+                        for s in (0, 1)],
+            "PointSup": [_write_train(tmp_path / f"p{s}", f"kp{s}", cm(30 + 10 * s), pts, pdml=False, seed=s)
+                         for s in (0, 1)],
+            "Better": [_write_train(tmp_path / f"b{s}", f"kb{s}", cm(50 + 10 * s), pts, pdml=False, seed=s)
+                       for s in (1, 0)]}  # given in another seed order: pairing goes by seed, not position
+    out = build_report(runs, tmp_path / "report", qualitative_images=0, cache=StageCache(tmp_path / "cache"))
+    table = pd.read_csv(out / "seeds.csv").set_index("run")
+    miou = {c: SegMetrics.from_matrix(cm(c)).miou for c in (30, 40, 50, 60, 90)}
+    assert table.loc["PointSup", "miou_mean"] == pytest.approx((miou[30] + miou[40]) / 2)
+    assert table.loc["Better", "paired_diff_mean"] == pytest.approx((miou[50] - miou[30] + miou[60] - miou[40]) / 2)
+    assert table.loc["Better", "paired_n"] == 2 and np.isnan(table.loc["PointSup", "paired_diff_mean"])
+    assert bool(table.loc["Better", "best"]) and not table.loc[["FullSup", "PointSup"], "best"].any()
+    html_text = (out / "index.html").read_text()
+    assert "Table 3 over seeds" in html_text and "best" in html_text
+    # one artefact per row still works, and the per-class table uses the first seed
+    single = seed_table(load_runs({"PointSup": runs["PointSup"][0]}))
+    assert single.loc[0, "n"] == 1 and np.isnan(single.loc[0, "miou_std"])
