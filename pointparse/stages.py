@@ -287,6 +287,12 @@ def run_train(spec: DatasetSpec, train_cfg, cache: StageCache, points: str | Pat
         else:
             run_job(tmp)
         out = {}
+        if not (gpus and gpus > 1 or torchrun_args):
+            import torch
+
+            # a fixed seed gives bit-identical weights for a fixed intra-op thread count, not across
+            # thread counts (float sums split per thread; tests/test_determinism.py), so say which
+            out["intra_op_threads"] = torch.get_num_threads()
         if (tmp / "metrics.json").exists():
             m = read_json(tmp / "metrics.json")
             out["summary"] = {k: m.get(k) for k in ("miou", "pixel_acc") if k in m}

@@ -236,6 +236,11 @@ def test_a_corrupt_partial_checkpoint_is_discarded_and_force_starts_over(tmp_pat
     assert again.exit_code == 0 and "wrote artefact" in again.output, again.output
     assert "checkpoint.pt: not a loadable pointparse checkpoint" in again.output and "discarded" in again.output
     assert (art / "model.pt").is_file() and not partial.exists()
+    import json  # the manifest says on how many intra-op threads the bits were made (item 11)
+
+    import torch
+
+    assert json.loads((art / "manifest.json").read_text())["intra_op_threads"] == torch.get_num_threads()
 
 
 # ------------------------------------------------------------------------------------------------
