@@ -515,7 +515,7 @@ class Network:
 
         self.path = Path(checkpoint)
         self.ckpt = load_checkpoint(self.path)
-        self.model, self.info = model_from_checkpoint(self.ckpt)
+        self.model, self.info = model_from_checkpoint(self.ckpt, self.path)
         self.device = resolve_device(device)
         self.model.to(self.device).eval()
         norm = self.ckpt["normalization"]
@@ -862,7 +862,7 @@ def _evaluate_subset(checkpoint: Path, spec, view: SplitView, fingerprint: dict,
 
     def build(tmp: Path) -> dict:
         ckpt = load_checkpoint(checkpoint)
-        model, info = model_from_checkpoint(ckpt)
+        model, info = model_from_checkpoint(ckpt, checkpoint)
         dev = resolve_device(device)
         model.to(dev)
         norm = ckpt["normalization"]

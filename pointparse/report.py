@@ -614,7 +614,7 @@ def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache
     cfg = EvalConfig(amp="off", workers=0, device=str(dev))
     for r in with_ckpt:
         ckpt = load_checkpoint(r.checkpoint)
-        model, info = model_from_checkpoint(ckpt)
+        model, info = model_from_checkpoint(ckpt, r.checkpoint)
         if tuple(info.classes) != runs[0].classes:
             raise DataError(r.checkpoint, f"run {r.name!r}: the checkpoint predicts other classes than its metrics list")
         model.eval().to(dev)
