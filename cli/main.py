@@ -58,7 +58,7 @@ def make_points_cmd(kind, root, split, options, click_model, min_area, seed, spa
         click.echo(f"  {n} images, {p} clicks ({p / max(n, 1):.2f} per image); see {res.path / 'stats.json'}")
 
 
-def _train_options(fn):
+def _train_config_options() -> list[click.Option]:
     """One option per TrainConfig field (default None = the recipe's or the dataclass's value), made
     from the dataclass itself so defaults, types and help live in one place."""
     import dataclasses
@@ -72,11 +72,28 @@ def _train_options(fn):
         default = getattr(defaults, f.name)
         help_text = f"{FIELD_HELP.get(f.name, '')} [default: {'none' if default in ('', None) else default}]"
         if isinstance(default, bool):
-            opts.append(click.option(f"{name}/--no-{f.name.replace('_', '-')}", f.name, default=None, help=help_text))
+            decls = [f"{name}/--no-{f.name.replace('_', '-')}", f.name]
+            opts.append(click.Option(decls, default=None, help=help_text))
         else:
             kind = float if f.type in ("float", "float | None") else int if f.type in ("int", "int | None") else str
-            opts.append(click.option(name, f.name, type=kind, default=None, help=help_text))
-    opts += [
+            opts.append(click.Option([name, f.name], type=kind, default=None, help=help_text))
+    return opts
+
+
+class _TrainCommand(click.Command):
+    """``train`` with its TrainConfig options made on first use: building them imports
+    ``pointparse.train`` (and torch), which no other command should pay for at start-up."""
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        if not getattr(self, "_config_options", False):
+            at = next(i for i, p in enumerate(self.params) if p.name == "points_ref")
+            self.params[at:at] = _train_config_options()
+            self._config_options = True
+        return super().get_params(ctx)
+
+
+def _train_options(fn):
+    opts = [
         click.option("--points", "points_ref", default=None, help="make-points artefact folder or cache key."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Any TrainConfig value by name, e.g. --set momentum=0.95 (repeatable)."),
@@ -88,7 +105,7 @@ def _train_options(fn):
     return fn
 
 
-@main.command("train")
+@main.command("train", cls=_TrainCommand)
 @dataset_options
 @_train_options
 @cache_option

@@ -318,3 +318,14 @@ def test_train_cli_options_come_from_the_dataclass(tmp_path):
     assert bad.exit_code == 1 and "lr must be a finite number > 0" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(main, ["train", "--set", "momentun=0.5", "--cache-dir", str(tmp_path)])
     assert bad.exit_code == 1 and "unknown train parameter 'momentun'" in bad.output
+
+
+def test_the_command_line_starts_without_torch():
+    """make-points, import-clicks and friends never pay for importing torch: the train command
+    builds its TrainConfig options only when it is used."""
+    import subprocess
+    import sys
+
+    code = "import sys, pointparse.cli.main, pointparse.points, pointparse.stages; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
