@@ -14,13 +14,16 @@ they look and how close they are::
 
 with positions in input pixels and colours in [0, 1]: Obukhov's published setting is
 ``w = (0.9, 0.1)``, ``σ_xy = 6``, ``σ_rgb = 0.1``, ``r = 5`` (:class:`CRFConfig` defaults). It is
-computed at ``stride`` (4: the probabilities and the image are resized to ``H/4 × W/4``) with
-``F.unfold``, so the cost is ``B · C · (2r+1)² · HW / stride²`` — no custom extension. A constant
+computed at ``stride`` (4: the probabilities and the image are resized to ``H/4 × W/4``) on
+shifted views, one offset of half the window at a time, so the cost is
+``B · C · (2r+1)² / 2 · HW / stride²`` with the memory of one ``[B, C, h, w]`` product — no
+custom extension. A constant
 one-hot prediction costs 0, as does any prediction that is constant inside each window.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,11 +52,18 @@ class CRFConfig:
             raise ConfigError(f"CRF stride must be an integer >= 1, got {self.stride!r}")
 
 
-def _neighbours(x: torch.Tensor, radius: int) -> torch.Tensor:
-    """[B, D, h, w] -> [B, D, K, h, w]: each pixel's (2r+1)² window (zero outside the map)."""
-    b, d, h, w = x.shape
-    k = 2 * radius + 1
-    return F.unfold(x, k, padding=radius).view(b, d, k * k, h, w)
+def _half_window(radius: int) -> list[tuple[int, int]]:
+    """The offsets (dy, dx) of one half of the window: each unordered pair of pixels once."""
+    r = int(radius)
+    return [(dy, dx) for dy in range(0, r + 1) for dx in range(-r, r + 1) if dy > 0 or dx > 0]
+
+
+def _shift(x: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x at i, x at i + (dy, dx)) over the pixels i where both lie in the map: two [..., h', w'] views."""
+    h, w = x.shape[-2:]
+    y0, y1 = max(0, -dy), h - max(0, dy)
+    x0, x1 = max(0, -dx), w - max(0, dx)
+    return x[..., y0:y1, x0:x1], x[..., y0 + dy:y1 + dy, x0 + dx:x1 + dx]
 
 
 def gated_crf_loss(probs: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor,
@@ -67,27 +77,31 @@ def gated_crf_loss(probs: torch.Tensor, rgb: torch.Tensor, valid: torch.Tensor,
         cfg: the kernel; ``cfg.stride`` is the input pixels per loss pixel (scales positions).
 
     Returns a 0-d float32 tensor (0 connected to ``probs`` when no pixel is valid).
+
+    ``K`` and ``1 − p_i·p_j`` are symmetric in (i, j), so the double sum is twice the sum over one
+    half of the window, computed one offset at a time on shifted views: memory stays at one
+    [B, C, h, w] product instead of the (2r+1)² times larger unfolded window.
     """
     if probs.dim() != 4 or rgb.shape[0] != probs.shape[0] or rgb.shape[1] != 3 or rgb.shape[2:] != probs.shape[2:] \
             or valid.shape != (probs.shape[0],) + tuple(probs.shape[2:]):
         raise ValueError(f"gated_crf_loss expects probs [B,C,h,w], rgb [B,3,h,w], valid [B,h,w]; got "
                          f"{tuple(probs.shape)}, {tuple(rgb.shape)}, {tuple(valid.shape)}")
-    r = int(cfg.radius)
-    k = 2 * r + 1
     probs = probs.float()
-    m = valid.float().unsqueeze(1)  # [B,1,h,w]
-    # squared offsets in input pixels, the same for every pixel: [K]
-    off = torch.arange(-r, r + 1, device=probs.device, dtype=torch.float32) * float(cfg.stride)
-    dxy2 = (off[:, None] ** 2 + off[None, :] ** 2).reshape(k * k, 1, 1)
-    k_xy = torch.exp(-dxy2 / (2.0 * cfg.sigma_xy ** 2))  # [K,1,1]
     colours = rgb.float()
-    drgb2 = ((_neighbours(colours, r) - colours.unsqueeze(2)) ** 2).sum(1)  # [B,K,h,w]
-    kernel = cfg.weight_rgbxy * k_xy * torch.exp(-drgb2 / (2.0 * cfg.sigma_rgb ** 2)) + cfg.weight_xy * k_xy
-    kernel[:, (k * k) // 2] = 0.0  # j != i
-    gate = m * _neighbours(m, r).squeeze(1)  # m_i m_j: [B,K,h,w]
-    agree = (probs.unsqueeze(2) * _neighbours(probs, r)).sum(1)  # p_i . p_j: [B,K,h,w]
-    total = (kernel * gate * (1.0 - agree)).sum()
-    return total / m.sum().clamp(min=1.0)
+    m = valid.float()
+    total = probs.new_zeros(())
+    for dy, dx in _half_window(cfg.radius):
+        d2 = float((dy * cfg.stride) ** 2 + (dx * cfg.stride) ** 2)
+        k_xy = math.exp(-d2 / (2.0 * cfg.sigma_xy ** 2))
+        ci, cj = _shift(colours, dy, dx)
+        with torch.no_grad():  # the kernel and the gate depend on the image only
+            kernel = cfg.weight_rgbxy * k_xy * torch.exp(-((ci - cj) ** 2).sum(1) / (2.0 * cfg.sigma_rgb ** 2)) \
+                + cfg.weight_xy * k_xy
+            mi, mj = _shift(m, dy, dx)
+            kernel = kernel * mi * mj
+        pi, pj = _shift(probs, dy, dx)
+        total = total + (kernel * (1.0 - (pi * pj).sum(1))).sum()
+    return 2.0 * total / m.sum().clamp(min=1.0)
 
 
 def crf_inputs(logits: torch.Tensor, images: torch.Tensor, valid: torch.Tensor, mean, std,
