@@ -64,8 +64,8 @@ from .errors import ConfigError, DataError, unknown_choice
 from .extension import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
 from .io import (atomic_file, atomic_out_dir, read_json, safe_name, write_image, write_json,
                  write_label_png)
-from .model import resolve_device
 from .pool import fork_pool, one_thread
+from .predictor import Predictor
 
 #: SLIC superpixels asked for per click, and the paper's range per image.
 SUPERPIXELS_PER_CLICK = 8
@@ -510,21 +510,13 @@ def _ordered_map(fn: Callable, items: Iterator[tuple[Any, Any]], workers: int) -
 class Network:
     """A loaded checkpoint used for inference: softmax and embeddings of whole images."""
 
-    def __init__(self, checkpoint: Path, device: str = "auto"):
-        from .train import load_checkpoint, model_from_checkpoint
-
-        self.path = Path(checkpoint)
-        self.ckpt = load_checkpoint(self.path)
-        self.model, self.info = model_from_checkpoint(self.ckpt, self.path)
-        self.device = resolve_device(device)
-        self.model.to(self.device).eval()
-        norm = self.ckpt["normalization"]
-        self.mean, self.std = tuple(norm["mean"]), tuple(norm["std"])
+    def __init__(self, checkpoint: str | Path, device: str = "auto", cache: StageCache | None = None):
+        self.predictor = Predictor.from_checkpoint(checkpoint, device, cache)
+        self.path, self.model, self.info = self.predictor.path, self.predictor.model, self.predictor.info
+        self.device, self.mean, self.std = self.predictor.device, self.predictor.mean, self.predictor.std
 
     def _input(self, image: np.ndarray) -> torch.Tensor:
-        from .transforms import normalise
-
-        return normalise(image, self.mean, self.std).unsqueeze(0).to(self.device)
+        return self.predictor.normalise(image)
 
     @torch.no_grad()
     def probs(self, image: np.ndarray) -> torch.Tensor:
@@ -833,7 +825,7 @@ def write_offline_labels(dataset: SegmentationDataset, points, row: AblationRow,
 def _train_config(row: AblationRow, train: AblationTrainConfig, network: Network | None, device: str):
     from .train import TrainConfig
 
-    base = TrainConfig.from_dict(network.ckpt["train_config"]) if network is not None else TrainConfig()
+    base = TrainConfig.from_dict(network.predictor.train_config) if network is not None else TrainConfig()
     common = dict(epochs=int(train.epochs), batch_size=int(train.batch_size), crop_size=int(train.crop_size),
                   workers=train.workers, device=device, extension_start_epoch=0,
                   lr=float(train.lr) if train.lr is not None else base.lr)
@@ -854,20 +846,16 @@ def _evaluate_subset(checkpoint: Path, spec, view: SplitView, fingerprint: dict,
                      force: bool, progress: bool) -> StageResult:
     """``evaluate`` on the images of ``view`` only (``--limit``), cached like the evaluate stage."""
     from .evaluate import EvalConfig, evaluate_model, write_metrics
-    from .train import load_checkpoint, model_from_checkpoint
 
     eval_cfg = EvalConfig(workers=0, device=device)
     params = {"eval": dataclasses.replace(eval_cfg, device=""), "indices": view.indices}
     inputs = {"dataset": fingerprint, "checkpoint": content_fingerprint(checkpoint)}
 
     def build(tmp: Path) -> dict:
-        ckpt = load_checkpoint(checkpoint)
-        model, info = model_from_checkpoint(ckpt, checkpoint)
-        dev = resolve_device(device)
-        model.to(dev)
-        norm = ckpt["normalization"]
-        metrics, cm = evaluate_model(model, view, info.num_classes, eval_cfg, dev, norm["mean"], norm["std"],
-                                     progress=progress)
+        pred = Predictor.from_checkpoint(checkpoint, device)
+        info = pred.info
+        metrics, cm = evaluate_model(pred.model, view, info.num_classes, eval_cfg, pred.device, list(pred.mean),
+                                     list(pred.std), progress=progress)
         d = write_metrics(tmp, metrics, cm, info, {"split": spec.split, "images": len(view)})
         return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(checkpoint)}
 
@@ -907,7 +895,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
 
     from .io import read_json as _read_json
     from .points import load_points
-    from .stages import dataset_fingerprint, open_spec, resolve_checkpoint
+    from .stages import dataset_fingerprint, open_spec
 
     build_row = row_builder or extension_row
     rows = cfg.rows()
@@ -921,7 +909,7 @@ def run_ablation(checkpoint: str | Path | None, spec, points: str | Path, cfg: A
     points_key = _read_json(points_dir / "manifest.json")["key"]
     network = None
     if checkpoint is not None:
-        network = Network(resolve_checkpoint(checkpoint, cache), cfg.device)
+        network = Network(checkpoint, cfg.device, cache)
         check_network(network, ds)
     needs = [r.label for r in rows if get_method(r.method).needs_network(cfg.kmeans_features)]
     if needs and network is None:

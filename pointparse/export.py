@@ -34,7 +34,8 @@ import torch
 
 from .errors import ConfigError, DataError, unknown_choice
 from .io import atomic_file
-from .predict import LoadedModel, load_for_inference
+from .predict import LoadedModel
+from .predictor import Predictor
 
 EXPORT_FORMATS = ("pt2", "onnx")
 METADATA_NAME = "pointparse.json"
@@ -111,7 +112,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_path: str | Path, height:
     if fmt == "onnx":
         _require_onnx()  # before the slow part
     out_path = Path(out_path)
-    loaded = load_for_inference(checkpoint, "cpu")
+    loaded = LoadedModel.from_predictor(Predictor.from_checkpoint(checkpoint, "cpu"))
     program, is_dynamic = export_program(loaded, height, width, dynamic)
     shape = (2, 3, int(height), int(width))
     meta = export_metadata(loaded, is_dynamic, shape)

@@ -38,6 +38,7 @@ from .errors import ConfigError, DataError
 from .io import (IMAGE_SUFFIXES, check_out_dir, image_size, list_images, mark_out_dir, read_image, write_image,
                  write_label_png)
 from .model import resolve_device
+from .predictor import Predictor
 from .transforms import normalise
 
 OVERLAY_ALPHA = 0.5
@@ -82,33 +83,17 @@ class LoadedModel:
     checkpoint: Path
     model_config: dict
 
-
-def checkpoint_file(ref: str | Path) -> Path:
-    """A checkpoint path: a ``.pt`` file, or a train artefact folder holding ``model.pt``."""
-    p = Path(ref)
-    if p.is_dir():
-        if not (p / "model.pt").is_file():
-            raise DataError(p, "folder has no model.pt (not a finished train artefact?)")
-        return p / "model.pt"
-    if not p.is_file():
-        raise DataError(p, "checkpoint file does not exist")
-    return p
+    @classmethod
+    def from_predictor(cls, predictor: Predictor) -> "LoadedModel":
+        """Wrap a :class:`Predictor`'s network as :class:`SegmentationInference` (eval mode, its device)."""
+        net = SegmentationInference(predictor.model).to(predictor.device).eval()
+        return cls(net, predictor.info, predictor.mean, predictor.std, predictor.path, predictor.model_config)
 
 
 def load_for_inference(ref: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a checkpoint (``weights_only=True``) and build the inference net in eval mode."""
-    from .train import load_checkpoint, model_from_checkpoint
-
-    path = checkpoint_file(ref)
-    ckpt = load_checkpoint(path)
-    try:
-        model, info = model_from_checkpoint(ckpt, path)
-        norm = ckpt["normalization"]
-        mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise DataError(path, f"checkpoint lacks what inference needs ({exc.__class__.__name__}: {exc})") from None
-    net = SegmentationInference(model).to(device).eval()
-    return LoadedModel(net, info, mean, std, path, dict(ckpt["model_config"]))
+    """Load a checkpoint (a ``.pt`` file or a train artefact folder; ``weights_only=True``) through
+    :meth:`Predictor.from_checkpoint` and wrap it for ``predict`` and ``export-model``."""
+    return LoadedModel.from_predictor(Predictor.from_checkpoint(ref, device))
 
 
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:

@@ -40,8 +40,12 @@ from PIL import Image
 
 from .cache import MANIFEST, StageCache, StageResult, content_fingerprint, stage_key
 from .errors import ConfigError, DataError
+from .evaluate import EvalConfig, predict_logits
 from .io import atomic_dir, atomic_file, read_json, write_json
 from .metrics import SegMetrics
+from .model import resolve_device
+from .predictor import Predictor
+from .stages import DatasetSpec, open_spec
 
 REPORT_STAGE = "report"
 #: bump when the report's files change for the same inputs
@@ -582,12 +586,6 @@ def _distance_hists(run: RunData) -> dict | None:
 
 def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache, device: str) -> tuple[list[dict], list[str], Any]:
     """Images, ground truth and each run's prediction for ``n`` images spread over the eval split."""
-    from .evaluate import EvalConfig, predict_logits
-    from .model import resolve_device
-    from .stages import DatasetSpec, open_spec
-    from .train import load_checkpoint, model_from_checkpoint
-    from .transforms import normalise
-
     with_ckpt = [r for r in runs if r.checkpoint is not None]
     if dataset is None:
         spec_d = next((r.eval_spec for r in with_ckpt if r.eval_spec), None)
@@ -613,16 +611,14 @@ def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache
     dev = resolve_device(device)
     cfg = EvalConfig(amp="off", workers=0, device=str(dev))
     for r in with_ckpt:
-        ckpt = load_checkpoint(r.checkpoint)
-        model, info = model_from_checkpoint(ckpt, r.checkpoint)
+        pred = Predictor.from_checkpoint(r.checkpoint, dev)
+        info = pred.info
         if tuple(info.classes) != runs[0].classes:
-            raise DataError(r.checkpoint, f"run {r.name!r}: the checkpoint predicts other classes than its metrics list")
-        model.eval().to(dev)
-        norm = ckpt["normalization"]
+            raise DataError(pred.path, f"run {r.name!r}: the checkpoint predicts other classes than its metrics list")
         for s in samples:
-            x = normalise(s["image"], norm["mean"], norm["std"])[None].to(dev)
-            s["preds"][r.name] = predict_logits(model, x, cfg, info.num_classes).argmax(1)[0].cpu().numpy().astype(np.uint8)
-        del model
+            x = pred.normalise(s["image"])
+            s["preds"][r.name] = predict_logits(pred.model, x, cfg, info.num_classes).argmax(1)[0].cpu().numpy().astype(np.uint8)
+        del pred
     title = f"Qualitative comparison: {ds.info.name} ({ds.info.protocol}), split {ds.split!r}"
     return samples, [r.name for r in with_ckpt], (ds.info, title)
 

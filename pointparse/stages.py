@@ -422,27 +422,23 @@ def run_job(run_dir: str | Path) -> None:
 def evaluate_checkpoint_into(checkpoint: Path, spec: DatasetSpec, eval_cfg, cache: StageCache, out_dir: Path,
                              progress: bool = True) -> dict | None:
     """Evaluate a checkpoint on a dataset split and write the metrics files (rank 0) into ``out_dir``."""
+    # torch-heavy modules: this module stays importable without torch (dry runs, the CLI's help)
     from .evaluate import evaluate_model, write_metrics
-    from .train import load_checkpoint, model_from_checkpoint, setup_runtime
+    from .predictor import Predictor
+    from .train import setup_runtime
 
     rt = setup_runtime(eval_cfg.device)
-    ckpt = load_checkpoint(checkpoint)
-    model, info = model_from_checkpoint(ckpt, checkpoint)
-    try:
-        norm = ckpt["normalization"]
-        mean, std = [float(v) for v in norm["mean"]], [float(v) for v in norm["std"]]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DataError(checkpoint, f"checkpoint has no usable 'normalization' mean/std ({exc.__class__.__name__})") from None
+    pred = Predictor.from_checkpoint(checkpoint, rt.device)
+    model, info = pred.model, pred.info
     ds = open_spec(spec, cache, progress=False)
     if tuple(ds.info.classes) != tuple(info.classes):
-        raise DataError(checkpoint, f"the checkpoint's classes ({info.protocol}) do not match {spec.kind} split "
-                                    f"{spec.split!r} ({ds.info.protocol}): {class_difference(info.classes, ds.info.classes)}")
-    model.to(rt.device)
+        raise DataError(pred.path, f"the checkpoint's classes ({info.protocol}) do not match {spec.kind} split "
+                                   f"{spec.split!r} ({ds.info.protocol}): {class_difference(info.classes, ds.info.classes)}")
     if eval_cfg.channels_last:  # see evaluate_model
         import torch
 
         model = model.to(memory_format=torch.channels_last)
-    metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, mean, std,
+    metrics, cm = evaluate_model(model, ds, info.num_classes, eval_cfg, rt.device, list(pred.mean), list(pred.std),
                                  rt.rank, rt.world_size, progress)
     if rt.is_main:
         return write_metrics(out_dir, metrics, cm, info, {"split": spec.split, "images": len(ds)})
@@ -472,13 +468,18 @@ def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: Sta
     return cache.run("evaluate", STAGE_VERSIONS["evaluate"], params, inputs, build, force=force)
 
 
-def resolve_checkpoint(ref: str | Path, cache: StageCache) -> Path:
-    """The model.pt of ``ref``: a .pt file, a folder holding model.pt, or a train artefact key."""
+def resolve_checkpoint(ref: str | Path, cache: StageCache | None = None) -> Path:
+    """The model.pt of ``ref``: a .pt file, a folder holding model.pt, or (with ``cache``) a train
+    artefact key or unique key prefix. The one resolver behind every command that takes a checkpoint
+    (:meth:`pointparse.predictor.Predictor.from_checkpoint`, evaluate, the ablation, predict, export)."""
     p = Path(ref)
     if p.is_file():
         return p
     if p.is_dir() and (p / "model.pt").is_file():
         return p / "model.pt"
+    if cache is None:
+        raise DataError(p, "folder has no model.pt (not a finished train artefact?)" if p.is_dir()
+                        else "checkpoint file does not exist")
     d = cache.find(ref, stage="train")
     if not (d / "model.pt").is_file():
         raise DataError(d, "train artefact has no model.pt (unfinished run?)")

@@ -1,0 +1,73 @@
+"""One inference entry: a trained checkpoint loaded and ready to run.
+
+:meth:`Predictor.from_checkpoint` is the one place that goes from a checkpoint reference (a
+train artefact key or key prefix when a cache is given, a train artefact folder, or a
+``model.pt`` file) to a network in eval mode on its device, its :class:`DatasetInfo` and the
+input normalisation it was trained with. The checkpoint is loaded with ``weights_only=True``
+(:func:`pointparse.train.load_checkpoint`); anything unusable in it is one :class:`DataError`
+naming the file. Evaluate, predict, export, the extension ablation and the report's
+qualitative grid all load their models here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import StageCache
+from .datasets import DatasetInfo
+from .errors import DataError
+from .model import resolve_device
+from .stages import resolve_checkpoint
+from .train import load_checkpoint, model_from_checkpoint
+from .transforms import normalise
+
+
+@dataclass
+class Predictor:
+    """A checkpoint's network in eval mode on ``device``, with what inference needs besides it."""
+
+    model: nn.Module
+    info: DatasetInfo
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    path: Path
+    device: torch.device
+    model_config: dict[str, Any]
+    train_config: dict[str, Any]
+
+    @classmethod
+    def from_checkpoint(cls, ref: str | Path, device: str | torch.device = "auto",
+                        cache: StageCache | None = None) -> "Predictor":
+        """Load ``ref`` (a ``.pt`` file, a folder holding ``model.pt``, or — with ``cache`` — a train
+        artefact key or unique key prefix) onto ``device`` (``auto``, ``cpu``, ``cuda[:N]`` or a
+        :class:`torch.device`)."""
+        path = resolve_checkpoint(ref, cache)
+        ckpt = load_checkpoint(path)
+        model, info = model_from_checkpoint(ckpt, path)
+        mean, std = _normalization(ckpt, path)
+        dev = resolve_device(device)
+        model.to(dev).eval()
+        return cls(model, info, mean, std, path, dev, dict(ckpt["model_config"]),
+                   dict(ckpt.get("train_config") or {}) if isinstance(ckpt.get("train_config"), dict) else {})
+
+    def normalise(self, image: np.ndarray) -> torch.Tensor:
+        """uint8 ``[H, W, 3]`` RGB → float32 ``[1, 3, H, W]`` on ``device``, ``(x/255 - mean) / std``."""
+        return normalise(image, self.mean, self.std).unsqueeze(0).to(self.device)
+
+
+def _normalization(ckpt: dict, path: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The checkpoint's ``normalization`` mean/std (three floats each), or one DataError naming ``path``."""
+    try:
+        norm = ckpt["normalization"]
+        mean, std = tuple(float(v) for v in norm["mean"]), tuple(float(v) for v in norm["std"])
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError("not three values each")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(path, f"checkpoint has no usable 'normalization' mean/std ({exc.__class__.__name__})") from None
+    return mean, std
