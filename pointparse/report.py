@@ -443,14 +443,21 @@ def summary_table(runs: list[RunData]):
             "supervision": r.supervision,
             "pdml": r.pdml,
             "extension": ext,
-            "ext_threshold": float(r.train.get("threshold")) if "score" in ext and r.train.get("threshold") is not None else float("nan"),
-            "ext_region": int(r.train["region"]) if "region" in ext and r.train.get("region") is not None else None,
+            "ext_threshold": float(r.train.get("threshold")) if ("score" in ext or ext == "agree")
+            and r.train.get("threshold") is not None else float("nan"),
+            "ext_region": int(r.train["region"]) if ("region" in ext or ext == "agree")
+            and r.train.get("region") is not None else None,
             "miou": r.miou,
             "pixel_acc": r.pixel_acc,
             "annotated_pixels_per_image": ann,
             "annotation_ratio_to_full": ratio,
             "annotation_source": source,
             "protocol": r.protocol,
+            "recipe": r.train.get("recipe") or "",
+            "pdml_variant": r.train.get("pdml_variant", "paper") if r.pdml else "",
+            "class_balance": r.train.get("class_balance", "none"),
+            "crf_weight": float(r.train.get("crf_weight") or 0.0),
+            "head": r.train.get("head", "aspp-v2"),
             "backbone": r.train.get("backbone"),
             "epochs": r.train.get("epochs"),
             "artefact": r.key,
@@ -733,17 +740,26 @@ def _display_tables(summary, per_class, hyper, ext, seeds=None) -> list[tuple[st
         out.append(("Table 3 over seeds", "Each row's mIoU over its seeds (mean ± sample std) and the per-seed "
                     f"difference to {BASELINE_RUN} trained with the same seed; 'best' marks the point-supervised "
                     "row with the highest mean. seeds.csv has the numbers.", header, rows))
-    header = ["Run", "FullSup", "PointSup", "PDML", "Online ext.", "mIoU", "Pixel acc", "Annotated px / image",
-              "Ratio to full"]
+    header = ["Run", "Recipe", "FullSup", "PointSup", "PDML", "Online ext.", "Other losses", "mIoU", "Pixel acc",
+              "Annotated px / image", "Ratio to full"]
     rows = []
     for _, r in summary.iterrows():
         mode = r["extension"] if r["extension"] != "none" else ""
-        if mode and "score" in mode and r["ext_threshold"] == r["ext_threshold"]:
-            mode = mode.replace("score", f"score({r['ext_threshold']:g})")
-        if mode and "region" in mode and not pd.isna(r["ext_region"]):
-            mode = mode.replace("region", f"region({int(r['ext_region'])}×{int(r['ext_region'])})")
-        rows.append([r["run"], _tick(r["supervision"] == "full"), _tick(r["supervision"] == "points"),
-                     _tick(r["pdml"]), mode, _fmt_pct(r["miou"]), _fmt_pct(r["pixel_acc"], sign="%"),
+        threshold = r["ext_threshold"] == r["ext_threshold"]
+        region = not pd.isna(r["ext_region"])
+        if mode == "agree" and threshold and region:  # Eq. 7 read as labelled candidates
+            mode = f"agree({r['ext_threshold']:g}, {int(r['ext_region'])}×{int(r['ext_region'])})"
+        else:
+            if mode and "score" in mode and threshold:
+                mode = mode.replace("score", f"score({r['ext_threshold']:g})")
+            if mode and "region" in mode and region:
+                mode = mode.replace("region", f"region({int(r['ext_region'])}×{int(r['ext_region'])})")
+        pdml = "" if not r["pdml"] else ("✓" if r["pdml_variant"] in ("", "paper") else r["pdml_variant"])
+        other = [f"class-balanced ({r['class_balance']})"] if r["class_balance"] not in ("", "none") else []
+        if r["crf_weight"] > 0:
+            other.append(f"Gated CRF {r['crf_weight']:g}")
+        rows.append([r["run"], r["recipe"], _tick(r["supervision"] == "full"), _tick(r["supervision"] == "points"),
+                     pdml, mode, " + ".join(other), _fmt_pct(r["miou"]), _fmt_pct(r["pixel_acc"], sign="%"),
                      _fmt_num(r["annotated_pixels_per_image"], ".1f"), _fmt_ratio(r["annotation_ratio_to_full"])])
     proto = ", ".join(sorted({str(p) for p in summary["protocol"]}))
     out.append(("Table 3 — quantitative results", f"Evaluation protocol: {proto}. mIoU in %, as in the paper. "

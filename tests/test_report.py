@@ -376,3 +376,17 @@ def test_seeds_table_pairs_each_row_with_pointsup_and_marks_the_best(tmp_path):
     # one artefact per row still works, and the per-class table uses the first seed
     single = seed_table(load_runs({"PointSup": runs["PointSup"][0]}))
     assert single.loc[0, "n"] == 1 and np.isnan(single.loc[0, "miou_std"])
+
+
+def test_table3_names_the_recipe_and_every_loss(tmp_path):
+    pts = _write_points(tmp_path / "points" / "p1", "p1")
+    runs = {"rec": _write_train(tmp_path / "r", "kr", CM_POINTS, pts, pdml=False, recipe="cpu-clicks",
+                                class_balance="sqrt", crf_weight=0.3),
+            "norm": _write_train(tmp_path / "n", "kn", CM_PDML, pts, pdml_variant="normalized", extension="agree")}
+    out = build_report(runs, tmp_path / "report", qualitative_images=0, cache=StageCache(tmp_path / "cache"))
+    summary = pd.read_csv(out / "summary.csv").set_index("run")
+    assert summary.loc["rec", "recipe"] == "cpu-clicks" and summary.loc["rec", "crf_weight"] == 0.3
+    assert summary.loc["norm", "pdml_variant"] == "normalized"
+    md = (out / "index.md").read_text()
+    assert "| rec | cpu-clicks |" in md and "class-balanced (sqrt) + Gated CRF 0.3" in md
+    assert "| normalized | agree(0.7, 5×5) |" in md
