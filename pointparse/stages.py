@@ -463,7 +463,9 @@ def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg, cache: Sta
 
     def build(tmp: Path) -> dict:
         d = evaluate_checkpoint_into(ckpt_path, spec, eval_cfg, cache, tmp, progress)
-        return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(ckpt_path)}
+        # the split it measured, so readers (the report's qualitative grid) need not infer it
+        return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(ckpt_path),
+                "dataset_spec": dataclasses.asdict(spec)}
 
     return cache.run("evaluate", STAGE_VERSIONS["evaluate"], params, inputs, build, force=force)
 

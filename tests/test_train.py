@@ -80,6 +80,7 @@ def test_train_and_evaluate_stage(cache, points_dir):
     # evaluate stage on the checkpoint gives the same numbers as the end-of-training evaluation
     ev = run_evaluate(res.path, SPEC.with_split("val"), EvalConfig(workers=0), cache, progress=False)
     m2 = json.loads((ev.path / "metrics.json").read_text())
+    assert json.loads((ev.path / "manifest.json").read_text())["dataset_spec"]["split"] == "val"
     assert m2["miou"] == pytest.approx(m["miou"]) and m2["pixel_acc"] == pytest.approx(m["pixel_acc"])
     ckpt = load_checkpoint(res.path / "model.pt")
     assert ckpt["info"]["classes"][0] and ckpt["normalization"]["mean"]
