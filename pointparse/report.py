@@ -548,7 +548,8 @@ def read_extension_table(path: str | Path):
 
     def label(row) -> str:
         t = row.get("threshold")
-        return f"{row['method']} ({float(t):g})" if "score" in row["method"] and t is not None and t == t else row["method"]
+        thresholded = "score" in row["method"] or row["method"] == "agree"
+        return f"{row['method']} ({float(t):g})" if thresholded and t is not None and t == t else row["method"]
 
     df["label"] = df.apply(label, axis=1)
     cols = [c for c in EXTENSION_COLUMNS if c in df.columns]

@@ -390,3 +390,12 @@ def test_table3_names_the_recipe_and_every_loss(tmp_path):
     md = (out / "index.md").read_text()
     assert "| rec | cpu-clicks |" in md and "class-balanced (sqrt) + Gated CRF 0.3" in md
     assert "| normalized | agree(0.7, 5×5) |" in md
+
+
+def test_extension_rows_of_both_eq7_readings_carry_their_threshold(tmp_path):
+    table = tmp_path / "extension_table.csv"
+    table.write_text("method,threshold,region,extension_acc,new_pixels_per_image,coverage,time_s\n"
+                     "region,,5,0.99,190,0.012,0.1\nscore+region,0.7,5,0.61,150,0.010,0.6\n"
+                     "agree,0.7,5,0.998,94,0.006,0.7\nagree,0.9,5,0.999,81,0.005,0.7\n")
+    labels = list(read_extension_table(table)["label"])
+    assert labels == ["region", "score+region (0.7)", "agree (0.7)", "agree (0.9)"]
