@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
-from .errors import ConfigError
+from .errors import ConfigError, unknown_choice
 
 #: At most this many distance samples per polarity are kept in :class:`PDMLStats` (for the
 #: Figure 4 histograms); larger sets are subsampled with a fixed seed so logs are reproducible.
@@ -332,8 +332,6 @@ def pdml_loss(
     """
     _check_weights(alpha, beta, margin)
     if variant not in PDML_VARIANTS:
-        from .errors import unknown_choice
-
         raise unknown_choice("PDML variant", variant, PDML_VARIANTS)
     if embeddings.dim() != 2:
         raise ValueError(f"pdml_loss expects embeddings [N, D]; got {tuple(embeddings.shape)}")

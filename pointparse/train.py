@@ -445,12 +445,15 @@ def _nan_to_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def freeze_batchnorm(module: torch.nn.Module) -> None:
+def freeze_batchnorm(module: torch.nn.Module, parameters: bool = False) -> None:
     """Put every BatchNorm of ``module`` in eval mode (running statistics frozen); call after
-    ``model.train()``. Their affine parameters are frozen by ``train`` (requires_grad False)."""
+    ``model.train()``. ``parameters=True`` also freezes their affine parameters (once, before the
+    optimiser is built)."""
     for m in module.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.eval()
+            if parameters:
+                m.requires_grad_(False)
 
 
 def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: int, rt: Runtime,
@@ -478,9 +481,9 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
         res = compute_losses(model, batch, cfg, epoch, gen, amp_dtype, channels_last, class_weights)
         loss_value = float(res.loss.detach())
         if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, step {it + 1} "
-                                            f"(ce {res.ce:.4g}, pdml {res.pdml:.4g}, crf {res.crf:.4g}); lower the "
-                                            f"learning rate ({cfg.lr:g}) or the loss weights")
+            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, "
+                                   f"step {it + 1} (ce {res.ce:.4g}, pdml {res.pdml:.4g}, crf {res.crf:.4g}); "
+                                   f"lower the learning rate ({cfg.lr:g}) or the loss weights")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(res.loss).backward()
@@ -502,9 +505,9 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             ext_counts.append(res.extension)
         elapsed = time.perf_counter() - t0
         if rt.is_main and (it % max(cfg.log_every, 1) == 0):
-            row_i = _nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce,
-                                         "pdml": res.pdml, "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
-                                         "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]})
+            row_i = _nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce, "pdml": res.pdml,
+                                  "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
+                                  "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]})
             iter_log.write(row_i)
             if curves is not None:
                 curves.log_iteration(epoch * len(loader) + it, row_i)
@@ -632,9 +635,7 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
     if cfg.channels_last and rt.device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_bn:
-        for m in model.backbone.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.requires_grad_(False)
+        freeze_batchnorm(model.backbone, parameters=True)
     groups = model.param_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
     if cfg.optimizer == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
