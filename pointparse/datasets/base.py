@@ -27,9 +27,9 @@ import cv2
 import numpy as np
 import yaml
 
-from . import IGNORE_INDEX
-from .errors import ConfigError, DataError, unknown_choice
-from .io import image_size, list_images, read_image, read_json, read_label, read_rgb_label
+from .. import IGNORE_INDEX
+from ..errors import ConfigError, DataError, unknown_choice
+from ..io import image_size, list_images, read_image, read_json, read_label, read_rgb_label
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def descriptor_path(name: str) -> Path:
         base = resources.files("pointparse.descriptors")
         p = Path(str(base.joinpath(f"{name}.yaml")))
     except ModuleNotFoundError:  # running from a source tree that was not installed
-        p = Path(__file__).resolve().parents[1] / "datasets" / f"{name}.yaml"
+        p = Path(__file__).resolve().parents[2] / "datasets" / f"{name}.yaml"
     return p
 
 
