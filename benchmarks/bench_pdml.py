@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from pointparse.losses import pdml_loss, pdml_loss_reference
+from pointparse.pdml import pdml_loss, pdml_loss_reference
 
 
 def _batch(images: int, points: int, dim: int, classes: int, device: str, seed: int = 0):

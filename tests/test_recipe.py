@@ -13,8 +13,8 @@ from pointparse import IGNORE_INDEX
 from pointparse.crf import CRFConfig, gated_crf_loss
 from pointparse.errors import ConfigError
 from pointparse.extension import extend_at_pixels, online_extension, square_pixels
-from pointparse.losses import (PDML_VARIANTS, click_class_weights, pdml_loss, pixel_cross_entropy,
-                               point_cross_entropy)
+from pointparse.losses import click_class_weights, pixel_cross_entropy, point_cross_entropy
+from pointparse.pdml import PDML_VARIANTS, pdml_loss
 from pointparse.model import HEADS, ModelConfig, build_model
 from pointparse.train import TrainConfig
 

@@ -1,0 +1,405 @@
+"""PDML, Point-based Distance Metric Learning (Eq. 3-5, Algorithm 1), and its variants.
+
+Label conventions: class ids ``0..C-1``; ``IGNORE_INDEX`` (255) marks pixels/points without a
+label. Points with label 255 (or a negative label) take no part in PDML.
+
+PDML pairing (Algorithm 1). For every anchor point ``i`` of image ``n`` and every *other* image
+``m`` of the same subgroup, ``m``'s points split into positives (class of ``i``) and negatives
+(any other class). Both lists are walked in a random order and paired one-to-one until either
+runs out, so the anchor gets ``min(#pos, #neg)`` triples ``(i, p, n)`` from image ``m``. Each
+triple costs::
+
+    L_t = alpha * ||a - p||_2 + beta * max(||a - p||_2 - ||a - n||_2 + margin, 0)
+
+and the loss is the mean of ``L_t`` over all triples of the batch (0 when there are none).
+
+Variants (registry :data:`PDML_VARIANTS`, ``pdml_loss(variant=...)``; ``paper`` is the default).
+The paper's loss is positively homogeneous in the embedding scale apart from the margin: with
+every embedding multiplied by ``s``, an active triple costs ``s·(α·d+ + β·(d+ − d−)) + β·m``,
+whose derivative in ``s`` is ``α·d+ + β·(d+ − d−)`` — positive, so shrinking *every* embedding
+lowers the loss, whenever ``d− < (1 + α/β)·d+`` (1.8·d+ at the paper's weights). Pretrained
+features start near ``d− ≈ 1.04·d+``, so the steepest way down is a global shrink (README
+Results). The variants remove that incentive:
+
+* ``relative``: distances divided by ``s̄``, the mean distance over all pairs of labelled points
+  of the batch, *with* its gradient. Every ``d/s̄`` is homogeneous of degree 0, so the loss is
+  exactly scale-invariant and (Euler) its gradient is orthogonal to the scale direction:
+  ``Σ_k x_k·∂L/∂x_k = 0``. No step of gradient descent changes the scale to first order. The
+  margin is in units of the mean pair distance (default 0.5).
+* ``relative-detached``: the same with ``s̄`` detached (a relative margin ``m·s̄``, the literal
+  reading of "distances relative to the batch's detached mean"). Kept because it is the natural
+  first guess and it does *not* remove the incentive: with ``s̄`` held constant the scale
+  derivative is ``(α·d+ + β·(d+ − d−))/s̄``, the paper's sign, and as the embeddings shrink
+  ``s̄`` follows a step later, so the relative step size grows. Measured beside the others.
+* ``normalized``: embeddings L2-normalised before the distances (margin on the unit sphere,
+  default 0.5; random high-dimensional directions are ~1.41 apart). The norm is fixed, so there
+  is no scale to shrink; the minimum needs ``d− ≥ d+ + m`` between classes.
+
+At ``s̄ = 1`` (and margin ``m``) ``relative`` and ``relative-detached`` equal ``paper`` exactly;
+``normalized`` equals ``paper`` on unit-norm embeddings.
+
+The random order is defined by one key matrix ``keys = torch.rand(N, N, generator=generator)``:
+for anchor ``i`` the candidates ``j`` are taken in ascending ``keys[i, j]`` (ties by index), so
+every (anchor, image) pair gets its own independent uniformly random order. The vectorised
+:func:`pdml_loss` and the literal loop :func:`pdml_loss_reference` draw the same matrix, which
+is why, given equal generator seeds, they form exactly the same triples.
+
+Distributed training (:func:`gather_points`): every rank gathers all ranks' points (with
+gradient) and computes the *same* global-mean PDML loss on the gathered set. Backward through
+``torch.distributed.nn.functional.all_gather`` SUMS the gradients that all ``W`` ranks send to a
+rank's own embeddings, giving ``W * dL/dE_r``; DDP then AVERAGES parameter gradients over the
+``W`` ranks. The two factors cancel, so the loss must be used as is (no rescaling) to reproduce
+one process training on the concatenated batch. The point cross-entropy is computed per rank on
+its own images and averaged by DDP, which matches the single-process mean when every rank holds
+the same number of labelled images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from . import IGNORE_INDEX
+from .errors import ConfigError, unknown_choice
+
+#: At most this many distance samples per polarity are kept in :class:`PDMLStats` (for the
+#: Figure 4 histograms); larger sets are subsampled with a fixed seed so logs are reproducible.
+MAX_DISTANCE_SAMPLES = 4096
+_SUBSAMPLE_SEED = 0
+
+# sqrt is clamped below at this squared distance: the gradient of ||a-b|| is undefined at 0 and
+# would be NaN; a clamp gives a zero (sub)gradient there instead.
+_DIST_EPS = 1e-12
+
+# --------------------------------------------------------------------------------------------
+# PDML (Eq. 3-5, Algorithm 1)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PDMLStats:
+    """What one PDML evaluation saw (Figures 3 and 4 of the paper).
+
+    ``mean_pos``/``mean_neg``: mean dis(+) = ||a-p|| and dis(-) = ||a-n|| over the triples (NaN
+    when there are none). ``pos_distances``/``neg_distances``: detached CPU 1-D float tensors of
+    the raw per-triple distances, subsampled (same indices for both, fixed seed) to at most
+    :data:`MAX_DISTANCE_SAMPLES`. ``active``: fraction of triples whose hinge (Eq. 5) is > 0.
+    """
+
+    num_triples: int
+    mean_pos: float
+    mean_neg: float
+    active: float = float("nan")
+    pos_distances: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    neg_distances: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+
+
+def _check_points(labels: torch.Tensor, image_ids: torch.Tensor, groups: torch.Tensor | None, n: int | None = None) -> None:
+    if labels.dim() != 1 or image_ids.shape != labels.shape or (groups is not None and groups.shape != labels.shape):
+        raise ValueError(
+            f"PDML expects labels [N], image_ids [N] and groups [N]; got {tuple(labels.shape)}, "
+            f"{tuple(image_ids.shape)}, {None if groups is None else tuple(groups.shape)}"
+        )
+    if n is not None and labels.shape[0] != n:
+        raise ValueError(f"PDML expects embeddings [N, D] with N = len(labels) = {labels.shape[0]}; got N = {n}")
+
+
+def _pairing_keys(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """[N, N] uniform keys: the random selection order of Algorithm 1 (line 16), per anchor row."""
+    gen_device = generator.device if generator is not None else device
+    return torch.rand((n, n), generator=generator, device=gen_device).to(device)
+
+
+def _dense_ids(ids: torch.Tensor) -> torch.Tensor:
+    """Map arbitrary ids to 0..K-1 (sorted order)."""
+    return torch.unique(ids, return_inverse=True)[1]
+
+
+def pdml_triples(
+    labels: torch.Tensor,
+    image_ids: torch.Tensor,
+    generator: torch.Generator | None = None,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1's triples, vectorised: three [T] long tensors (anchor, positive, negative).
+
+    See the module docstring for the pairing rule and the random order. Cost O(N^2 log N)
+    time and O(N^2) memory, fine for the few hundred points of a batch.
+    """
+    _check_points(labels, image_ids, groups)
+    device = labels.device
+    n = labels.shape[0]
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    keys = _pairing_keys(n, generator, device)  # drawn even when n == 0..1 to keep RNG use uniform
+    if n < 2:
+        return empty, empty, empty
+    labels = labels.long()
+    ok = (labels >= 0) & (labels != IGNORE_INDEX)
+    img = _dense_ids(image_ids)
+    cand = ok[:, None] & ok[None, :] & (img[:, None] != img[None, :])
+    if groups is not None:
+        cand &= groups[:, None] == groups[None, :]
+    same = labels[:, None] == labels[None, :]
+    pos = cand & same
+    neg = cand & ~same
+    num_images = int(img.max()) + 1
+    # segment of (i, j): j's image and polarity; non-candidates go to a trailing dummy segment
+    seg = torch.where(cand, img[None, :] * 2 + pos.long(), 2 * num_images)
+    # one sort by (segment, key, index): keys lie in [0, 1), so segment + key orders by segment
+    # first; float64 holds a float32 key plus an integer < 2^29 exactly; stable = ties by index
+    perm = torch.argsort(seg.double() + keys.double(), dim=1, stable=True)
+    seg_sorted = seg.gather(1, perm)
+    col = torch.arange(n, device=device).expand(n, n)
+    starts = torch.ones_like(seg_sorted, dtype=torch.bool)
+    starts[:, 1:] = seg_sorted[:, 1:] != seg_sorted[:, :-1]
+    start_col = torch.cummax(torch.where(starts, col, torch.zeros_like(col)), dim=1).values
+    rank = torch.empty_like(seg).scatter_(1, perm, col - start_col)  # rank of j within its segment
+    k_max = int(torch.bincount(img).max())
+    # table[(i, m, k)] = the k-th positive (resp. negative) of anchor i in image m
+    size = n * num_images * k_max
+    pos_tab = torch.full((size,), -1, dtype=torch.long, device=device)
+    neg_tab = torch.full((size,), -1, dtype=torch.long, device=device)
+    for mask, tab in ((pos, pos_tab), (neg, neg_tab)):
+        i_idx, j_idx = mask.nonzero(as_tuple=True)
+        tab[(i_idx * num_images + img[j_idx]) * k_max + rank[i_idx, j_idx]] = j_idx
+    slot = ((pos_tab >= 0) & (neg_tab >= 0)).nonzero(as_tuple=True)[0]
+    anchor = torch.div(slot, num_images * k_max, rounding_mode="floor")
+    return anchor, pos_tab[slot], neg_tab[slot]
+
+
+def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
+    """[N, D] -> [N, N] Euclidean distances with a finite gradient where points coincide.
+
+    Gram-matrix form (N^2 D flops, no [N, N, D] tensor). Centering first removes most of the
+    cancellation error of ||a||^2 + ||b||^2 - 2ab, since distances do not depend on translation.
+    """
+    c = x - x.mean(dim=0, keepdim=True)
+    sq = (c * c).sum(dim=1)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (c @ c.t())
+    return d2.clamp_min(_DIST_EPS).sqrt()
+
+
+#: variant -> default margin (the paper's m = 20 is in feature units; the others are relative).
+PDML_VARIANTS: dict[str, float] = {"paper": 20.0, "relative": 0.5, "relative-detached": 0.5, "normalized": 0.5}
+
+
+def _mean_pair_distance(dist: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean of ``dist`` over the pairs i < j of labelled points (the scale of the batch)."""
+    ok = (labels >= 0) & (labels != IGNORE_INDEX)
+    pair = ok[:, None] & ok[None, :]
+    pair = torch.triu(pair, diagonal=1)
+    return (dist * pair).sum() / pair.sum().clamp(min=1)
+
+
+def _check_weights(alpha: float, beta: float, margin: float) -> None:
+    for name, v in (("alpha", alpha), ("beta", beta), ("margin", margin)):
+        if not (float(v) >= 0.0):
+            raise ConfigError(f"PDML {name} must be a number >= 0, got {v!r}")
+
+
+def _stats(d_ap: torch.Tensor, d_an: torch.Tensor, hinge: torch.Tensor) -> PDMLStats:
+    t = d_ap.shape[0]
+    if t == 0:
+        return PDMLStats(0, float("nan"), float("nan"), float("nan"), torch.zeros(0), torch.zeros(0))
+    mean_pos, mean_neg, active = torch.stack([d_ap.mean(), d_an.mean(), (hinge > 0).float().mean()]).detach().cpu().tolist()
+    pos = d_ap.detach().float().cpu()
+    neg = d_an.detach().float().cpu()
+    if t > MAX_DISTANCE_SAMPLES:
+        keep = torch.randperm(t, generator=torch.Generator().manual_seed(_SUBSAMPLE_SEED))[:MAX_DISTANCE_SAMPLES]
+        pos, neg = pos[keep], neg[keep]
+    return PDMLStats(t, mean_pos, mean_neg, active, pos, neg)
+
+
+def pdml_loss(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: torch.Tensor,
+    alpha: float = 0.8,
+    beta: float = 1.0,
+    margin: float = 20.0,
+    generator: torch.Generator | None = None,
+    groups: torch.Tensor | None = None,
+    variant: str = "paper",
+) -> tuple[torch.Tensor, PDMLStats]:
+    """PDML loss (Eq. 3-5) over Algorithm 1's cross-image triples, fully vectorised.
+
+    Args:
+        embeddings: [N, D] point embeddings (computed in float32, or float64 if given float64;
+            autocast is disabled inside so distances never run in half precision).
+        labels: [N] class ids; 255 or negative = ignored point.
+        image_ids: [N] ids of the image each point comes from (only equality matters); points
+            of the same image never pair.
+        alpha, beta, margin: Eq. 3 and 5 (paper: 0.8, 1, 20).
+        generator: seeds the random pairing order (see module docstring); ``None`` uses the
+            global RNG of the embeddings' device.
+        groups: optional [N] subgroup ids (the paper's ``s``): points pair only within a group.
+        variant: one of :data:`PDML_VARIANTS` (module docstring); ``margin`` is in its units.
+
+    Returns:
+        ``(loss, stats)``: 0-d mean of ``L_t`` over all triples (a zero connected to
+        ``embeddings`` when there are none), and :class:`PDMLStats`. The stats' distances are
+        the raw feature distances for every variant (what Figure 4 plots), not the rescaled ones.
+    """
+    _check_weights(alpha, beta, margin)
+    if variant not in PDML_VARIANTS:
+        raise unknown_choice("PDML variant", variant, PDML_VARIANTS)
+    if embeddings.dim() != 2:
+        raise ValueError(f"pdml_loss expects embeddings [N, D]; got {tuple(embeddings.shape)}")
+    _check_points(labels, image_ids, groups, embeddings.shape[0])
+    labels = labels.to(embeddings.device)
+    image_ids = image_ids.to(embeddings.device)
+    groups = None if groups is None else groups.to(embeddings.device)
+    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+        x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
+        anchor, pos, neg = pdml_triples(labels, image_ids, generator=generator, groups=groups)
+        if anchor.numel() == 0:
+            zero = x.sum() * 0.0
+            return zero, _stats(zero.new_zeros(0), zero.new_zeros(0), zero.new_zeros(0))
+        raw = _pairwise_distance(x)
+        if variant == "normalized":
+            dist = _pairwise_distance(F.normalize(x, dim=1))
+        elif variant == "relative":
+            dist = raw / _mean_pair_distance(raw, labels).clamp_min(_DIST_EPS)
+        elif variant == "relative-detached":
+            dist = raw / _mean_pair_distance(raw, labels).detach().clamp_min(_DIST_EPS)
+        else:
+            dist = raw
+        d_ap = dist[anchor, pos]
+        d_an = dist[anchor, neg]
+        hinge = torch.relu(d_ap - d_an + margin)
+        loss = (alpha * d_ap + beta * hinge).mean()
+    return loss, _stats(raw[anchor, pos], raw[anchor, neg], hinge)
+
+
+def pdml_loss_reference(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: torch.Tensor,
+    alpha: float = 0.8,
+    beta: float = 1.0,
+    margin: float = 20.0,
+    generator: torch.Generator | None = None,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Algorithm 1 as literal Python loops: the slow reference for tests and benchmarks only.
+
+    Same arguments and pairing order as :func:`pdml_loss` (it draws the same key matrix from
+    ``generator``); distances are plain ``torch.linalg.vector_norm(a - b)``. Returns the loss
+    and the list of ``(anchor, positive, negative)`` index triples in loop order.
+    """
+    _check_points(labels, image_ids, groups, embeddings.shape[0])
+    n = labels.shape[0]
+    keys = _pairing_keys(n, generator, embeddings.device).cpu().tolist()
+    lab = [int(v) for v in labels.tolist()]
+    img = [int(v) for v in image_ids.tolist()]
+    grp = [0] * n if groups is None else [int(v) for v in groups.tolist()]
+    x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
+    losses, triples = [], []
+    for s in dict.fromkeys(grp):  # line 2: each subgroup s
+        images = list(dict.fromkeys(img[k] for k in range(n) if grp[k] == s))
+        for im_n in images:  # line 3
+            for im_m in images:  # line 4
+                if im_m == im_n:
+                    continue
+                e_n = [k for k in range(n) if img[k] == im_n and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
+                e_m = [k for k in range(n) if img[k] == im_m and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
+                for i in e_n:  # line 6
+                    e_pos = [j for j in e_m if lab[j] == lab[i]]
+                    e_neg = [j for j in e_m if lab[j] != lab[i]]
+                    e_pos.sort(key=lambda j: (keys[i][j], j))  # line 16: random selection order
+                    e_neg.sort(key=lambda j: (keys[i][j], j))
+                    for p, q in zip(e_pos, e_neg):  # lines 15-19
+                        d_ap = torch.linalg.vector_norm(x[i] - x[p])
+                        d_an = torch.linalg.vector_norm(x[i] - x[q])
+                        losses.append(alpha * d_ap + beta * torch.clamp(d_ap - d_an + margin, min=0))
+                        triples.append((i, p, q))
+    if not losses:
+        return x.sum() * 0.0, triples
+    return torch.stack(losses).mean(), triples
+
+
+def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
+    """[N] subgroup ids: the batch's images, in order of first appearance, cut into consecutive
+    groups of ``group_size`` images (the paper's subgroups ``s``). 0 or None: one group."""
+    if group_size is not None and (int(group_size) != group_size or group_size < 0):
+        raise ConfigError(f"PDML group size must be an integer >= 0 (0 = whole batch), got {group_size!r}")
+    if not group_size or image_ids.numel() == 0:
+        return torch.zeros_like(image_ids, dtype=torch.long)
+    uniq, inv = torch.unique(image_ids, return_inverse=True)
+    pos = torch.arange(image_ids.numel(), device=image_ids.device)
+    first = torch.full((uniq.numel(),), image_ids.numel(), dtype=torch.long, device=image_ids.device)
+    first = first.scatter_reduce(0, inv, pos, reduce="amin")
+    order = torch.empty_like(first)
+    order[torch.argsort(first)] = torch.arange(uniq.numel(), device=image_ids.device)
+    return torch.div(order[inv], int(group_size), rounding_mode="floor")
+
+
+# --------------------------------------------------------------------------------------------
+# Cross-rank gathering
+# --------------------------------------------------------------------------------------------
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def gather_points(
+    embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    image_ids: torch.Tensor,
+    groups: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """All-gather every rank's points (rank order), with gradient for ``embeddings``.
+
+    Ranks may hold different numbers of points (counts are gathered first, rows padded to the
+    maximum, gathered, then unpadded). ``image_ids`` are taken as local to each rank and made
+    globally distinct as ``rank * K + id`` (``K`` = 1 + the largest id on any rank; ids must be
+    >= 0), so two ranks' "image 0" are never mistaken for one image; ``groups`` are gathered
+    unchanged (compute :func:`subgroups` on the gathered ids instead). Without an initialised
+    process group of size > 1 the inputs are returned unchanged.
+
+    Scaling: use the global-mean :func:`pdml_loss` of the gathered set unscaled on every rank.
+    The all_gather backward sums the ``W`` ranks' gradients for each rank's rows (``W`` times
+    the single-process gradient) and DDP's averaging divides by ``W`` again.
+    """
+    if not _distributed():
+        return embeddings, labels, image_ids, groups
+    import torch.distributed as dist
+    import torch.distributed.nn.functional as dist_fn
+
+    world = dist.get_world_size()
+    device = embeddings.device
+    count = torch.tensor([embeddings.shape[0]], dtype=torch.long, device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    rows = max(max(counts), 1)
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        extra = rows - t.shape[0]
+        return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))]) if extra else t
+
+    def plain_gather(t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(pad(t)) for _ in range(world)]
+        dist.all_gather(out, pad(t).contiguous())
+        return out
+
+    with warnings.catch_warnings():
+        # deprecated in favour of a private API, but it is the public autograd-aware all_gather
+        warnings.simplefilter("ignore", FutureWarning)
+        emb_all = dist_fn.all_gather(pad(embeddings))
+    emb = torch.cat([e[:c] for e, c in zip(emb_all, counts)])
+    lab = torch.cat([t[:c] for t, c in zip(plain_gather(labels.to(device)), counts)])
+    ids_parts = [t[:c].long() for t, c in zip(plain_gather(image_ids.to(device)), counts)]
+    ids_all = torch.cat(ids_parts)
+    if ids_all.numel() and int(ids_all.min()) < 0:
+        raise ValueError("gather_points needs image_ids >= 0 to make them distinct across ranks")
+    k = int(ids_all.max()) + 1 if ids_all.numel() else 1
+    ids = torch.cat([t + r * k for r, t in enumerate(ids_parts)])
+    grp = None
+    if groups is not None:
+        grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])
+    return emb, lab, ids, grp
