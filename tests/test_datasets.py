@@ -14,6 +14,7 @@ from PIL import Image
 
 import pointparse.datasets as datasets_mod
 import pointparse.datasets.base as datasets_base
+import pointparse.datasets.coco as datasets_coco
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import (
     DATASET_KINDS,
@@ -23,6 +24,7 @@ from pointparse.datasets import (
     open_dataset,
     parse_classes_file,
 )
+from pointparse.datasets.rle import rle_crops
 from pointparse.errors import ConfigError, DataError
 
 H, W = 24, 32
@@ -515,7 +517,7 @@ def test_rle_crops_decode_like_pycocotools():
         h, w = int(rng.integers(1, 30)), int(rng.integers(1, 30))
         masks = [_blob(rng, h, w) for _ in range(int(rng.integers(1, 9)))]
         strings = [mask_utils.encode(np.asfortranarray(m))["counts"] for m in masks]
-        for m, got in zip(masks, datasets_base._rle_crops(strings, h, w)):
+        for m, got in zip(masks, rle_crops(strings, h, w)):
             area, y0, x0, crop_t = got
             assert area == m.sum()
             if area == 0:
@@ -527,9 +529,9 @@ def test_rle_crops_decode_like_pycocotools():
     # what the decoder does not vouch for is left to pycocotools (None): the wrong pixel count, an
     # empty string, a character outside the alphabet, a value cut off at the end
     good = mask_utils.encode(np.asfortranarray(np.eye(4, dtype=np.uint8)))["counts"]
-    assert datasets_base._rle_crops([good], 4, 4)[0][0] == 4
-    assert datasets_base._rle_crops([good, good, b"", good[:-1] + b"~", good + b"h"], 4, 5)[0] is None
-    got = datasets_base._rle_crops([b"", good, good[:-1] + b"\x01", b"0" + b"h", good], 4, 4)
+    assert rle_crops([good], 4, 4)[0][0] == 4
+    assert rle_crops([good, good, b"", good[:-1] + b"~", good + b"h"], 4, 5)[0] is None
+    got = rle_crops([b"", good, good[:-1] + b"\x01", b"0" + b"h", good], 4, 4)
     assert got[0] is None and got[2] is None and got[3] is None
     assert got[1][0] == 4 and got[4][0] == 4  # neighbours of bad strings decode unharmed
 
@@ -569,7 +571,7 @@ def _coco_scene(tmp_path: Path, images: int = 4, per_image: int = 40, h: int = 3
 def test_coco_click_instances_equal_the_search_on_loaded_maps(tmp_path: Path, monkeypatch, pairwise):
     from pointparse.points import find_instances
 
-    monkeypatch.setattr(datasets_base, "_PAIRWISE_BOXES", pairwise)  # 0: paint everything
+    monkeypatch.setattr(datasets_coco, "_PAIRWISE_BOXES", pairwise)  # 0: paint everything
     ds = open_dataset("coco", _coco_scene(tmp_path), "val")
     for i in range(len(ds)):
         s = ds.load(i, with_image=False)
