@@ -7,7 +7,9 @@ from pathlib import Path
 import click
 
 from pointparse.cache import StageCache
-from pointparse.clicks import CLICK_FORMATS
+from pointparse.clicks import CLICK_FORMATS, export_points
+from pointparse.errors import DataError
+from pointparse.stages.import_clicks import run_import_clicks
 
 from .options import (cache_option, content_option, dataset_options, echo_result, force_option, friendly,
                       quiet_option, spec_from_options)
@@ -32,8 +34,6 @@ def import_clicks_cmd(file, fmt, kind, root, split, options, class_map, cache_di
     Every click is checked: its image must be in the split, the click inside the image and its
     label a dataset class (directly or through --class-map). All problems are reported at once.
     """
-    from pointparse.clicks import run_import_clicks
-
     res = run_import_clicks(file, fmt, spec_from_options(kind, root, split, options), StageCache(cache_dir),
                             class_map=class_map, force=force, content_hash=content_hash, progress=not quiet)
     echo_result(res, "import-clicks")
@@ -51,9 +51,6 @@ def import_clicks_cmd(file, fmt, kind, root, split, options, class_map, cache_di
 @friendly
 def export_points_cmd(ref, fmt, out_path, cache_dir):
     """Export the clicks of REF (a points artefact folder or cache key) to an annotation format."""
-    from pointparse.clicks import export_points
-    from pointparse.errors import DataError
-
     p = Path(ref)
     # a points.json, or a folder holding one, needs no manifest (e.g. a copied artefact)
     folder = p if p.is_file() or (p / "points.json").is_file() else StageCache(cache_dir).find(ref)

@@ -14,12 +14,15 @@ from PIL import Image
 import pointparse.cli.main  # noqa: F401  (the group first: the command modules import from it)
 from pointparse.cache import StageCache
 from pointparse.cli.clicks import export_points_cmd, import_clicks_cmd
-from pointparse.clicks import CLICK_FORMATS, export_points, import_clicks, pixel_index, run_import_clicks
+from pointparse.clicks import CLICK_FORMATS, export_points, import_clicks, pixel_index
 from pointparse.datasets import open_dataset
 from pointparse.errors import ConfigError, DataError
 from pointparse.io import read_json, read_label
-from pointparse.points import MakePointsConfig, load_points, make_points
-from pointparse.stages import DatasetSpec, open_spec, run_train
+from pointparse.dataspec import DatasetSpec, open_spec
+from pointparse.points import load_points
+from pointparse.simulate import MakePointsConfig, make_points
+from pointparse.stages.import_clicks import ImportClicksConfig, run_import_clicks
+from pointparse.stages.train import run_train
 from pointparse.train import TrainConfig
 
 CLASSES = "0 ground 0:128:0\n1 thing 128:0:0\n2 sky 0:0:128\n"
@@ -278,6 +281,16 @@ def test_malformed_files_and_unknown_format(ds, tmp_path):
         import_clicks(tmp_path, "text", ds, None, tmp_path)
 
 
+def test_import_clicks_params_reject_an_unknown_format():
+    """A pipeline stage's params are checked before any work, with one error naming every format."""
+    with pytest.raises(ConfigError, match=r"^unknown click format 'yolo'; valid choices: coco, cvat, label-studio, "
+                                          r"sparse-png, text, wtp$"):
+        ImportClicksConfig("yolo")
+    with pytest.raises(ConfigError, match="class_map must be a mapping"):
+        ImportClicksConfig("text", class_map=["a"])
+    assert ImportClicksConfig("text", {"Car": "car"}).class_map == {"Car": "car"}
+
+
 def test_stage_caches_on_content_and_class_map(root, tmp_path):
     cache = StageCache(tmp_path / "cache")
     spec = DatasetSpec(kind="folder", root=str(root), split="train")
@@ -325,7 +338,7 @@ def test_training_on_imported_clicks(tmp_path):
     torch.set_num_threads(1)
     cache = StageCache(tmp_path / "cache")
     spec = DatasetSpec(kind="synthetic", split="train", options={"seed": 3, "size": 64, "splits": {"train": 4}})
-    ds = open_spec(spec, cache, progress=False)
+    ds = open_spec(spec, cache)
     rng = np.random.default_rng(1)
     lines = []
     for i, name in enumerate(ds.names):  # an "annotator" clicking six pixels of each image
