@@ -60,7 +60,7 @@ import numpy as np
 
 from pointparse.datasets import CocoDataset, FolderDataset
 from pointparse.io import read_label
-from pointparse.points import MakePointsConfig, image_rng, make_points, simulate_clicks
+from pointparse.simulate import MakePointsConfig, image_rng, make_points, simulate_clicks
 from pointparse.pool import fork_pool
 from pointparse.synthetic import SyntheticConfig, generate_scenes
 
@@ -219,7 +219,8 @@ def library_rows(samples: list, num_classes: int, repeat: int) -> list[tuple[str
     from scipy import ndimage
 
     from pointparse.datasets import Instances
-    from pointparse.points import click_instances, find_instances
+    from pointparse.instances import find_instances
+    from pointparse.simulate import click_instances
     from pointparse.pool import opencv_single_threaded
 
     def labels(mask):  # class + 1, so that 255 (ignore) wraps to 0, cc3d's background

@@ -569,7 +569,7 @@ def _coco_scene(tmp_path: Path, images: int = 4, per_image: int = 40, h: int = 3
 
 @pytest.mark.parametrize("pairwise", [1024, 0])
 def test_coco_click_instances_equal_the_search_on_loaded_maps(tmp_path: Path, monkeypatch, pairwise):
-    from pointparse.points import find_instances
+    from pointparse.instances import find_instances
 
     monkeypatch.setattr(datasets_coco, "_PAIRWISE_BOXES", pairwise)  # 0: paint everything
     ds = open_dataset("coco", _coco_scene(tmp_path), "val")

@@ -15,17 +15,9 @@ from pointparse import IGNORE_INDEX
 from pointparse.datasets import FolderDataset, Instances
 from pointparse.errors import ConfigError, DataError
 from pointparse.io import read_label, write_image, write_label_png
-from pointparse.points import (
-    CLICK_MODELS,
-    MakePointsConfig,
-    _contour_depths,
-    find_instances,
-    image_rng,
-    load_points,
-    make_points,
-    point_label_map,
-    simulate_clicks,
-)
+from pointparse.instances import _contour_depths, find_instances
+from pointparse.points import load_points, point_label_map
+from pointparse.simulate import CLICK_MODELS, MakePointsConfig, image_rng, make_points, simulate_clicks
 from pointparse.synthetic import STUFF_CLASSES, SyntheticConfig, generate_scenes, render_scene
 from pointparse.synthetic import image_rng as scene_rng
 
@@ -242,7 +234,7 @@ def test_random_clicks_drawn_in_one_call_equal_one_draw_per_instance():
     """click_instances draws all random clicks of an image at once; that must give the clicks,
     and leave the generator in the state, of one ``random_click`` per instance (numpy's bounded
     integers do this today; this test catches a numpy that stops doing it)."""
-    from pointparse.points import click_instances, random_click
+    from pointparse.simulate import click_instances, random_click
 
     gen = np.random.default_rng(4)
     areas = [1, 2, 3, 17, 255, 256, 1000, 65537, 300001]
