@@ -21,7 +21,8 @@ import time
 import torch
 
 from pointparse.model import HEADS, build_model
-from pointparse.train import TrainConfig, compute_losses
+from pointparse.train import compute_losses
+from pointparse.train_config import TrainConfig
 
 
 def make_batch(b: int, crop: int, classes: int, clicks: int, seed: int = 0) -> dict:

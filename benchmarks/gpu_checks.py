@@ -20,9 +20,12 @@ from pathlib import Path
 import torch
 
 from pointparse.cache import StageCache
-from pointparse.points import MakePointsConfig
-from pointparse.stages import DatasetSpec, _points_dict, open_spec, run_make_points
-from pointparse.train import TrainConfig, train
+from pointparse.simulate import MakePointsConfig
+from pointparse.dataspec import DatasetSpec, open_spec
+from pointparse.points import load_points
+from pointparse.stages.make_points import run_make_points
+from pointparse.train import train
+from pointparse.train_config import TrainConfig
 
 RUNS = {
     "resnet101 os8 aspp-v2 bf16 PDML paper + agree": dict(backbone="resnet101", output_stride=8, head="aspp-v2",
@@ -52,9 +55,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cache = StageCache(tmp)
         spec = DatasetSpec("synthetic", options={"seed": 0, "size": args.size, "splits": {"train": args.images}})
-        ds = open_spec(spec, cache, progress=False)
+        ds = open_spec(spec, cache)
         pts = run_make_points(spec, MakePointsConfig(), cache, progress=False)
-        points, _ = _points_dict(pts.path)
+        ps = load_points(pts.path)
+        points = {n: ps.points(n) for n in ps.names}
         for name, over in RUNS.items():
             cfg = TrainConfig(**{"weights": "none", "epochs": args.epochs, "batch_size": 16, "crop_size": args.size,
                                  "lr": 2.5e-3, "device": args.device, "workers": 4 if cuda else 0, **over})

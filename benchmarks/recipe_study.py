@@ -80,7 +80,7 @@ def _init_worker(root: str, val_split: str, points_dir: str, weights: str, devic
     import torch
 
     from pointparse.datasets import open_dataset
-    from pointparse.stages import _points_dict
+    from pointparse.points import load_points
 
     torch.set_num_threads(threads)
     train = open_dataset("folder", root, split="train")
@@ -89,7 +89,8 @@ def _init_worker(root: str, val_split: str, points_dir: str, weights: str, devic
         ds.load_image = functools.lru_cache(maxsize=None)(ds.load_image)
         ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
         ds.load = functools.lru_cache(maxsize=None)(ds.load)
-    points, _ = _points_dict(Path(points_dir))
+    ps = load_points(points_dir)
+    points = {n: ps.points(n) for n in ps.names}
     _STATE.update(train=train, val=val, points=points, weights=weights, device=device)
 
 
@@ -98,7 +99,9 @@ def _run(job: dict) -> dict:
 
     from pointparse.evaluate import EvalConfig, evaluate_model
     from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
-    from pointparse.train import TrainConfig, model_from_checkpoint, train
+    from pointparse.checkpoint import model_from_checkpoint
+    from pointparse.train import train
+    from pointparse.train_config import TrainConfig
 
     cfg = TrainConfig(**job["config"], weights=_STATE["weights"], device=_STATE["device"])
     t0 = time.perf_counter()
@@ -301,8 +304,9 @@ def main() -> None:
     args = ap.parse_args()
 
     from pointparse.cache import StageCache
-    from pointparse.points import MakePointsConfig
-    from pointparse.stages import DatasetSpec, run_make_points
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.make_points import run_make_points
 
     if args.epochs:
         BUDGET["epochs"] = args.epochs

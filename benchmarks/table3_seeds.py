@@ -23,9 +23,11 @@ import yaml
 
 from pointparse.cache import StageCache
 from pointparse.evaluate import EvalConfig
-from pointparse.points import MakePointsConfig
-from pointparse.stages import DatasetSpec, run_make_points, run_train
-from pointparse.train import TrainConfig
+from pointparse.simulate import MakePointsConfig
+from pointparse.dataspec import DatasetSpec
+from pointparse.stages.make_points import run_make_points
+from pointparse.stages.train import run_train
+from pointparse.train_config import TrainConfig
 
 ROWS = {
     "FullSup": dict(supervision="full", pdml=False),

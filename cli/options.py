@@ -9,7 +9,7 @@ import yaml
 
 from pointparse.cache import CACHE_ENV
 from pointparse.errors import ConfigError, PointParseError
-from pointparse.stages import DatasetSpec
+from pointparse.dataspec import DatasetSpec
 
 
 def parse_kv(items) -> dict:

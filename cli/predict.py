@@ -13,7 +13,7 @@ from .options import cache_option, friendly, quiet_option
 
 def _checkpoint_path(ref: str, cache_dir) -> Path:
     """A .pt file, a folder holding model.pt, or a train cache key → the model.pt path."""
-    from pointparse.stages import resolve_checkpoint
+    from pointparse.predictor import resolve_checkpoint
 
     return resolve_checkpoint(ref, StageCache(cache_dir))
 

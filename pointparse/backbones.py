@@ -333,7 +333,7 @@ class _Registry(dict):
 
     def __missing__(self, name):
         if isinstance(name, str) and name.startswith(TIMM_PREFIX):
-            from .timm_backbone import timm_spec
+            from .timm_backbone import timm_spec  # optional extra; it imports this module back
 
             return timm_spec(name)
         raise KeyError(name)

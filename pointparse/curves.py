@@ -1,4 +1,8 @@
-"""Training curves as TensorBoard scalars, beside the jsonl logs (which stay the source of truth).
+"""Training curves: the jsonl logs (the source of truth) and TensorBoard scalars beside them.
+
+:class:`JsonlWriter` appends the rows of ``iterations.jsonl`` / ``epochs.jsonl`` (rank 0, flushed
+per line so a killed run keeps its log); :func:`truncate_log` drops the rows of epochs a killed
+run did not finish before it resumes.
 
 :class:`TensorBoardCurves` takes the very rows training writes to ``iterations.jsonl`` and
 ``epochs.jsonl`` and, when the optional ``tensorboard`` package is installed
@@ -37,12 +41,18 @@ Usage in the training loop (rank 0 passes a folder, other ranks ``None``)::
 
 from __future__ import annotations
 
+import json
 import math
 import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["TensorBoardCurves", "tensorboard_available"]
+import numpy as np
+import torch
+
+from .io import atomic_file
+
+__all__ = ["JsonlWriter", "TensorBoardCurves", "nan_to_none", "tensorboard_available", "truncate_log"]
 
 #: row keys that are the x axis, not a curve
 STEP_KEYS = frozenset({"epoch", "iter"})
@@ -143,3 +153,49 @@ class TensorBoardCurves:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class JsonlWriter:
+    """Append-only JSONL log (rank 0 only); flushed per line so a killed run keeps its log."""
+
+    def __init__(self, path: Path | None):
+        self.fh = open(path, "a", encoding="utf-8") if path is not None else None
+
+    def write(self, row: dict) -> None:
+        if self.fh is not None:
+            self.fh.write(json.dumps(row, sort_keys=True, default=_json_default) + "\n")
+            self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not None:
+            self.fh.close()
+
+
+def truncate_log(path: Path, start_epoch: int) -> None:
+    """Drop the rows of epochs >= ``start_epoch`` (those a killed run did not finish) before resuming."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line).get("epoch", 0) < start_epoch:
+                keep.append(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def _json_default(v):
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if torch.is_tensor(v):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    raise TypeError(type(v).__name__)
+
+
+def nan_to_none(d: dict) -> dict:
+    """A log row with NaN floats as None (JSON null)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}

@@ -106,7 +106,7 @@ class SegMetrics:
 
     def per_class_frame(self, class_names: Sequence[str] | None = None):
         """pandas DataFrame with columns class, iou, acc, gt_pixels, pred_pixels."""
-        import pandas as pd
+        import pandas as pd  # heavy; the metrics themselves need only numpy
 
         return pd.DataFrame(
             {

@@ -39,6 +39,7 @@ from .io import (IMAGE_SUFFIXES, check_out_dir, image_size, list_images, mark_ou
                  write_label_png)
 from .model import resolve_device
 from .predictor import Predictor
+from .runtime import autocast_dtype
 from .transforms import normalise
 
 OVERLAY_ALPHA = 0.5
@@ -197,8 +198,6 @@ def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out_dir: str |
     returned :class:`PredictResult` lists those failures, and the CLI exits non-zero when there
     are any. A bad checkpoint raises :class:`DataError` before any input is read.
     """
-    from .train import autocast_dtype
-
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
     out_dir = check_out_dir(out_dir, "predict")  # its files would be overwritten: refuse before any work

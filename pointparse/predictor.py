@@ -23,8 +23,7 @@ from .cache import StageCache
 from .datasets import DatasetInfo
 from .errors import DataError
 from .model import resolve_device
-from .stages import resolve_checkpoint
-from .train import load_checkpoint, model_from_checkpoint
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .transforms import normalise
 
 
@@ -71,3 +70,21 @@ def _normalization(ckpt: dict, path: Path) -> tuple[tuple[float, ...], tuple[flo
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"checkpoint has no usable 'normalization' mean/std ({exc.__class__.__name__})") from None
     return mean, std
+
+
+def resolve_checkpoint(ref: str | Path, cache: StageCache | None = None) -> Path:
+    """The model.pt of ``ref``: a .pt file, a folder holding model.pt, or (with ``cache``) a train
+    artefact key or unique key prefix. The one resolver behind every command that takes a checkpoint
+    (:meth:`pointparse.predictor.Predictor.from_checkpoint`, evaluate, the ablation, predict, export)."""
+    p = Path(ref)
+    if p.is_file():
+        return p
+    if p.is_dir() and (p / "model.pt").is_file():
+        return p / "model.pt"
+    if cache is None:
+        raise DataError(p, "folder has no model.pt (not a finished train artefact?)" if p.is_dir()
+                        else "checkpoint file does not exist")
+    d = cache.find(ref, stage="train")
+    if not (d / "model.pt").is_file():
+        raise DataError(d, "train artefact has no model.pt (unfinished run?)")
+    return d / "model.pt"

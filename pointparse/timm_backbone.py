@@ -289,7 +289,7 @@ def _pretrained_state_dict(model: str) -> dict[str, Tensor]:
 @functools.lru_cache(maxsize=None)
 def timm_spec(name: str):
     """The :class:`pointparse.backbones.BackboneSpec` of ``timm:<model>`` (cached per name)."""
-    from .backbones import BackboneSpec
+    from .backbones import BackboneSpec  # backbones imports this module on a timm: lookup
 
     model = timm_model_name(name)
     layout = timm_layout(model)

@@ -1,6 +1,6 @@
 """Entry point for ``torchrun``: ``python -m torch.distributed.run ... -m pointparse.worker RUN_DIR``.
 
-Every rank reads ``RUN_DIR/job.json`` (written by :func:`pointparse.stages.run_train`) and trains;
+Every rank reads ``RUN_DIR/job.json`` (written by :func:`pointparse.stages.train.run_train`) and trains;
 rank 0 writes the files.
 """
 
@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import sys
 
-from .stages import run_job
+import torch.distributed as dist
+
+from .stages.train import run_job
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         raise SystemExit("usage: python -m pointparse.worker RUN_DIR")
-    import torch.distributed as dist
-
     run_job(argv[0])
     if dist.is_initialized():
         # Tear down together: a rank that closes its gloo pairs while another still reads them

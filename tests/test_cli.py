@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-import pointparse.points
+import pointparse.stages.make_points
 from pointparse.cli.main import main
 
 
@@ -51,13 +51,13 @@ def test_make_points_caches_and_invalidates(tmp_path, monkeypatch):
     root = _folder_dataset(tmp_path / "data")
     cache = tmp_path / "cache"
     calls = []
-    real = pointparse.points.make_points
+    real = pointparse.stages.make_points.make_points
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(pointparse.points, "make_points", spy)
+    monkeypatch.setattr(pointparse.stages.make_points, "make_points", spy)
     args = ["make-points", "--dataset", "folder", "--root", root, "--cache-dir", cache, "-q", "--workers", "0"]
     r1 = _invoke(*args)
     assert r1.exit_code == 0, r1.output

@@ -21,9 +21,12 @@ TRAIN = textwrap.dedent("""
     import torch
     torch.set_num_threads(2)  # the intra-op thread count is part of the bits (module docstring)
     from pointparse.cache import StageCache
-    from pointparse.points import MakePointsConfig, load_points
-    from pointparse.stages import DatasetSpec, open_spec, run_make_points
-    from pointparse.train import TrainConfig, train
+    from pointparse.points import load_points
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.dataspec import DatasetSpec, open_spec
+    from pointparse.stages.make_points import run_make_points
+    from pointparse.train import train
+    from pointparse.train_config import TrainConfig
 
     out, workers = sys.argv[1], int(sys.argv[2])
     spec = DatasetSpec(kind="synthetic", split="train", options={"seed": 3, "size": 40, "splits": {"train": 8}})
@@ -32,7 +35,7 @@ TRAIN = textwrap.dedent("""
     cfg = TrainConfig(backbone="resnet18", weights="none", epochs=2, batch_size=4, crop_size=32, device="cpu",
                       workers=workers, extension="score+region", threshold=0.5, crf_weight=0.1,
                       class_balance="sqrt", log_every=1)
-    train(cfg, open_spec(spec, cache, progress=False), {n: ps.points(n) for n in ps.names}, out + "/run",
+    train(cfg, open_spec(spec, cache), {n: ps.points(n) for n in ps.names}, out + "/run",
           progress=False)
     state = torch.load(out + "/run/model.pt", weights_only=True)["model"]
     h = hashlib.sha256()

@@ -19,10 +19,13 @@ from pointparse.errors import ConfigError, DataError
 from pointparse.export import export_model, export_program, load_exported_metadata
 from pointparse.io import read_label
 from pointparse.model import upsample_logits
-from pointparse.points import MakePointsConfig
+from pointparse.simulate import MakePointsConfig
 from pointparse.predict import collect_inputs, load_for_inference, parse_scales, predict, predict_probs
-from pointparse.stages import DatasetSpec, run_make_points, run_train
-from pointparse.train import CHECKPOINT_FORMAT, TrainConfig, load_checkpoint
+from pointparse.dataspec import DatasetSpec
+from pointparse.stages.make_points import run_make_points
+from pointparse.stages.train import run_train
+from pointparse.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from pointparse.train_config import TrainConfig
 
 SPEC = DatasetSpec(kind="synthetic", split="train", options={"seed": 3, "size": 64, "splits": {"train": 4}})
 

@@ -14,8 +14,8 @@ from pointparse.datasets import DatasetInfo
 from pointparse.errors import DataError
 from pointparse.model import ModelConfig, build_model
 from pointparse.predictor import Predictor
-from pointparse.stages import resolve_checkpoint
-from pointparse.train import CHECKPOINT_FORMAT, model_from_checkpoint
+from pointparse.predictor import resolve_checkpoint
+from pointparse.checkpoint import CHECKPOINT_FORMAT, model_from_checkpoint
 from pointparse.transforms import normalise
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.25, 0.2, 0.3]

@@ -16,7 +16,7 @@ from pointparse.extension import extend_at_pixels, online_extension, square_pixe
 from pointparse.losses import click_class_weights, pixel_cross_entropy, point_cross_entropy
 from pointparse.pdml import PDML_VARIANTS, pdml_loss
 from pointparse.model import HEADS, ModelConfig, build_model
-from pointparse.train import TrainConfig
+from pointparse.train_config import TrainConfig
 
 BACKBONES = ["efficientnet_lite0", "resnet18", "resnet34", "resnet50", "resnet101"]
 
@@ -326,6 +326,8 @@ def test_the_command_line_starts_without_torch():
     import subprocess
     import sys
 
-    code = "import sys, pointparse.cli.main, pointparse.points, pointparse.stages; print('torch' in sys.modules)"
+    code = ("import sys, pointparse.cli.main, pointparse.points, pointparse.simulate, pointparse.clicks, "
+            "pointparse.dataspec, pointparse.stages.make_points, pointparse.stages.import_clicks; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr

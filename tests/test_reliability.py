@@ -110,16 +110,18 @@ def test_a_killed_holder_releases_the_lock(tmp_path, procs):
 
 def test_weights_file_is_fingerprinted_by_content(tmp_path):
     """Overwriting --weights W.pt changes the train key; the same bytes elsewhere do not."""
-    from pointparse.cache import stage_key
+    from pointparse.cache import StageCache
     from pointparse.evaluate import EvalConfig
-    from pointparse.stages import DatasetSpec, plan_train
-    from pointparse.train import TrainConfig
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.base import Upstream
+    from pointparse.stages.train import Train
+    from pointparse.train_config import TrainConfig
 
     spec = DatasetSpec(kind="synthetic", options={"seed": 1, "size": 32})
 
     def key(path: Path) -> str:
-        params, inputs = plan_train(spec, None, TrainConfig(weights=str(path)), "p" * 64, None, EvalConfig())
-        return stage_key("train", 1, params, inputs)
+        return Train(spec, TrainConfig(weights=str(path)), StageCache(tmp_path / "cache"),
+                     Upstream("make-points", "p" * 64, None)).key()
 
     w = tmp_path / "W.pt"
     w.write_bytes(b"first weights")
@@ -252,9 +254,10 @@ def test_evaluate_and_ablation_keys_do_not_depend_on_the_checkpoint_path(tmp_pat
     import shutil
 
     from pointparse.ablation import AblationConfig, plan_ablation
-    from pointparse.cache import stage_key
+    from pointparse.cache import StageCache
     from pointparse.evaluate import EvalConfig
-    from pointparse.stages import DatasetSpec, plan_evaluate
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.evaluate import Evaluate
 
     spec = DatasetSpec(kind="synthetic", split="val", options={"seed": 1, "size": 32})
     a = tmp_path / "cache-a" / "train" / "model.pt"
@@ -264,8 +267,8 @@ def test_evaluate_and_ablation_keys_do_not_depend_on_the_checkpoint_path(tmp_pat
     shutil.copytree(a.parent, b.parent)
 
     def keys(ckpt: Path) -> tuple[str, str]:
-        params, inputs = plan_evaluate(spec, None, ckpt, EvalConfig())
-        return stage_key("evaluate", 1, params, inputs), plan_ablation(spec, None, "p" * 64, ckpt, AblationConfig())
+        return (Evaluate(ckpt, spec, EvalConfig(), StageCache(tmp_path / "cache")).key(),
+                plan_ablation(spec, None, "p" * 64, ckpt, AblationConfig()))
 
     assert keys(a) == keys(b)
     b.write_bytes(b"other model")
@@ -324,7 +327,7 @@ def _tiny_checkpoint(path: Path, classes=("ground", "thing"), **changes) -> Path
 
     from pointparse.datasets import DatasetInfo
     from pointparse.model import ModelConfig, build_model
-    from pointparse.train import CHECKPOINT_FORMAT
+    from pointparse.checkpoint import CHECKPOINT_FORMAT
 
     model = build_model(ModelConfig(num_classes=2, backbone="resnet18", weights="none"))
     info = DatasetInfo(name="data", protocol=f"folder-{len(classes)}", classes=tuple(classes),
@@ -348,7 +351,8 @@ def test_evaluate_refuses_a_checkpoint_with_missing_keys_or_wrong_shapes(tmp_pat
     from pointparse.cache import StageCache
     from pointparse.evaluate import EvalConfig
     from pointparse.model import ModelConfig, build_model
-    from pointparse.stages import DatasetSpec, evaluate_checkpoint_into
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.evaluate import evaluate_checkpoint_into
 
     root = _folder_dataset(tmp_path / "data")
     spec = DatasetSpec(kind="folder", root=str(root), split="train")
@@ -433,9 +437,11 @@ def test_train_refuses_points_without_clicks_or_outside_the_real_image(tmp_path)
     from PIL import Image
 
     from pointparse.cache import StageCache
-    from pointparse.points import MakePointsConfig
-    from pointparse.stages import DatasetSpec, run_make_points, run_train
-    from pointparse.train import TrainConfig
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.make_points import run_make_points
+    from pointparse.stages.train import run_train
+    from pointparse.train_config import TrainConfig
 
     cfg = TrainConfig(backbone="resnet18", weights="none", epochs=1, batch_size=2, crop_size=24, device="cpu",
                       workers=0, pdml=False)

@@ -65,16 +65,20 @@ def test_training_with_pdml_on_a_timm_backbone(tmp_path):
     import json
 
     from pointparse.cache import StageCache
-    from pointparse.points import MakePointsConfig, load_points
-    from pointparse.stages import DatasetSpec, open_spec, run_make_points
-    from pointparse.train import TrainConfig, load_checkpoint, train
+    from pointparse.points import load_points
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.dataspec import DatasetSpec, open_spec
+    from pointparse.stages.make_points import run_make_points
+    from pointparse.checkpoint import load_checkpoint
+    from pointparse.train import train
+    from pointparse.train_config import TrainConfig
 
     spec = DatasetSpec(kind="synthetic", split="train", options={"seed": 5, "size": 48, "splits": {"train": 4}})
     cache = StageCache(tmp_path / "cache")
     ps = load_points(run_make_points(spec, MakePointsConfig(workers=0), cache, progress=False).path)
     cfg = TrainConfig(backbone="timm:mobilenetv3_small_050", weights="none", head="deeplabv3+", pdml=True,
                       epochs=1, batch_size=2, crop_size=40, workers=0, lr=1e-3, log_every=1)
-    train(cfg, open_spec(spec, cache, progress=False), {n: ps.points(n) for n in ps.names}, tmp_path / "run",
+    train(cfg, open_spec(spec, cache), {n: ps.points(n) for n in ps.names}, tmp_path / "run",
           progress=False)
     rows = [json.loads(l) for l in (tmp_path / "run" / "iterations.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and all(r["triples"] > 0 and math.isfinite(r["pdml"]) for r in rows)

@@ -13,9 +13,14 @@ import torch
 from pointparse.cache import StageCache
 from pointparse.errors import ConfigError, DataError
 from pointparse.evaluate import EvalConfig
-from pointparse.points import MakePointsConfig
-from pointparse.stages import DatasetSpec, open_spec, run_evaluate, run_make_points, run_train
-from pointparse.train import TrainConfig, compute_losses, load_checkpoint, train
+from pointparse.simulate import MakePointsConfig
+from pointparse.dataspec import DatasetSpec, open_spec
+from pointparse.stages.evaluate import run_evaluate
+from pointparse.stages.make_points import run_make_points
+from pointparse.stages.train import run_train
+from pointparse.checkpoint import load_checkpoint
+from pointparse.train import compute_losses, train
+from pointparse.train_config import TrainConfig
 from pointparse.transforms import AugmentConfig, TrainSamples, collate
 
 SYN = {"seed": 3, "size": 64, "splits": {"train": 8, "val": 4}}
@@ -87,7 +92,7 @@ def test_train_and_evaluate_stage(cache, points_dir):
 
 
 def test_resume_gives_identical_weights(cache, points_dir, tmp_path):
-    ds = open_spec(SPEC, cache, progress=False)
+    ds = open_spec(SPEC, cache)
     pts = _points(points_dir)
     cfg = tiny_cfg(epochs=2, extension="region")
     train(cfg, ds, pts, tmp_path / "full", progress=False)
@@ -104,7 +109,7 @@ def test_resume_gives_identical_weights(cache, points_dir, tmp_path):
 
 
 def test_full_supervision_and_cpu_autocast(cache):
-    ds = open_spec(SPEC, cache, progress=False)
+    ds = open_spec(SPEC, cache)
     cfg = tiny_cfg(supervision="full", pdml=False, amp="bf16", epochs=1)
     from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 
@@ -118,7 +123,7 @@ def test_full_supervision_and_cpu_autocast(cache):
 
 
 def test_crop_without_clicks_still_trains(cache, points_dir):
-    ds = open_spec(SPEC, cache, progress=False)
+    ds = open_spec(SPEC, cache)
     pts = {n: (np.zeros((0, 2), np.int64), np.zeros((0,), np.int64)) for n in ds.names}
     cfg = tiny_cfg(extension="score+region")
     from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
@@ -134,7 +139,7 @@ def test_crop_without_clicks_still_trains(cache, points_dir):
 
 def test_clicks_move_with_the_image(cache, points_dir):
     """After scale/crop/flip every kept click still lands on a pixel of its class."""
-    ds = open_spec(SPEC, cache, progress=False)
+    ds = open_spec(SPEC, cache)
     pts = _points(points_dir)
     samples = TrainSamples(ds, pts, AugmentConfig(40, 0.7, 1.3, True), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), seed=1)
     checked = 0
@@ -205,5 +210,5 @@ def test_loaders_run_in_the_main_process_on_cpu_unless_told(cache, monkeypatch):
         with pytest.raises(ConfigError, match="workers"):
             make()
     # evaluation reads image and mask only; the instance map is for make-points
-    ds = open_spec(SPEC.with_split("val"), cache, progress=False)
+    ds = open_spec(SPEC.with_split("val"), cache)
     assert ds.load(0).instances is not None and ds.load(0, with_instances=False).instances is None

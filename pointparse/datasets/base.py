@@ -41,7 +41,7 @@ class Sample:
 
 @dataclass
 class Instances:
-    """The clickable instances of one image (``K`` of them), as :func:`pointparse.points.find_instances`
+    """The clickable instances of one image (``K`` of them), as :func:`pointparse.instances.find_instances`
     gives them.
 
     ``classes`` int64 [K]; ``boxes`` int64 [K, 4] as half-open ``(y0, x0, y1, x1)``, tight around
@@ -202,7 +202,7 @@ class SegmentationDataset:
 
     def click_instances(self, i: int, min_area: int) -> ClickInstances | None:
         """A shortcut for make-points: image ``i``'s instances straight from the annotation, equal to
-        what :func:`pointparse.points.find_instances` finds on ``load(i, with_image=False)``, with
+        what :func:`pointparse.instances.find_instances` finds on ``load(i, with_image=False)``, with
         the same checks and errors. ``None`` (the default) = no shortcut, make-points searches the
         loaded maps."""
         return None

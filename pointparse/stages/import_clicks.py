@@ -77,6 +77,7 @@ class ImportClicks(Stage):
     version: ClassVar[int] = 1
     params_type: ClassVar[type] = ImportClicksConfig
     fields: ClassVar[tuple[str, ...]] = ("dataset", "split", "clicks")
+    required: ClassVar[tuple[str, ...]] = ("clicks",)
     refs: ClassVar[tuple[str, ...]] = ()
 
     clicks: Path

@@ -1,0 +1,150 @@
+"""The stage type: what every cached step of pointparse declares, and the one way it runs.
+
+A stage kind is a class with a ``name``, a ``version`` (bumped when its output would change for
+the same inputs), the dataclass its pipeline ``params`` build (``params_type``), the other fields
+a pipeline stage of that kind may carry (``fields``; ``required`` those it must have) and
+those that name upstream stages (``refs``). An instance holds one invocation: its configuration and its upstream artefacts
+(:class:`Upstream`). Two methods define it:
+
+* ``plan() -> (params, inputs)``: everything its cache key depends on, computed without work;
+* ``build(tmp_dir) -> dict``: the work, written into a temporary folder; returns extra manifest
+  fields.
+
+Running is ``cache.run(name, version, *plan(), build)``; a dry run is ``stage_key(name, version,
+*plan())`` (:meth:`Stage.key`). One path, so a dry run and a run cannot drift apart
+(``tests/test_pipeline.py`` checks it for every kind). A plan that needs an artefact which does
+not exist yet (a dry run before its upstream ran) raises :class:`KeyUnknown`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+from ..cache import MANIFEST, StageCache, StageResult, stage_key
+from ..io import read_json
+
+
+class KeyUnknown(Exception):
+    """The key depends on an artefact that is not built yet (a dry run): it is known after it runs."""
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """An artefact feeding a stage: the stage that wrote it, its cache key and its folder.
+
+    In a run both are known; in a dry run ``path`` is ``None`` until the upstream stage has run
+    (and ``key`` is ``None`` when that stage's own key is not known yet). A file given on the
+    command line (a ``.pt`` checkpoint, an ``extension_table.csv``) has a path and no key.
+    """
+
+    stage: str
+    key: str | None
+    path: Path | None
+
+    @classmethod
+    def of(cls, result: StageResult) -> "Upstream":
+        return cls(result.stage, result.key, result.path)
+
+    @classmethod
+    def find(cls, ref: str | Path, cache: StageCache, stage: str) -> "Upstream":
+        """A reference given by a user (artefact folder, key or unique key prefix) of ``stage``."""
+        path = cache.find(ref, stage=stage)
+        return cls(stage, read_json(path / MANIFEST)["key"], path)
+
+    @classmethod
+    def planned(cls, stage: str, key: str | None, cache: StageCache) -> "Upstream":
+        """A dry run's view of an upstream stage: its planned key and its folder if already built."""
+        return cls(stage, key, cache.lookup(stage, key) if key is not None else None)
+
+    def require_key(self) -> str:
+        if self.key is None:
+            raise KeyUnknown(self.stage)
+        return self.key
+
+    def require_path(self) -> Path:
+        if self.path is None:
+            raise KeyUnknown(self.stage)
+        return self.path
+
+
+@dataclass
+class PipelineEntry:
+    """One stage of a pipeline file after matrix expansion: its name, kind, YAML mapping
+    (``spec``), merged parameters (defaults + params + matrix values), dependencies and line."""
+
+    name: str
+    kind: str
+    spec: dict
+    params: dict
+    deps: list[str] = field(default_factory=list)
+    line: int = 0
+
+
+@dataclass
+class RunContext:
+    """What every stage of a pipeline run shares: the cache, the named datasets and the flags."""
+
+    cache: StageCache
+    datasets: dict  # name -> pointparse.dataspec.DatasetSpec
+    progress: bool = True
+    force: bool = False
+    echo: Callable[[str], None] = print
+
+    def dataset_for(self, entry: PipelineEntry, default_split: str = "train", split_field: str = "split"):
+        """The :class:`~pointparse.dataspec.DatasetSpec` a pipeline stage reads."""
+        return self.datasets[entry.spec["dataset"]].with_split(entry.spec.get(split_field, default_split))
+
+
+#: ``from_pipeline``'s upstream argument: for each ref field, the artefacts it names in order (a
+#: mapping ref such as the report's ``runs`` gives ``{label: [Upstream, ...]}``)
+UpstreamMap = dict[str, Any]
+
+
+class Stage:
+    """Base of every stage kind (see the module docstring). Subclasses are dataclasses holding a
+    ``cache`` field and their configuration."""
+
+    name: ClassVar[str]
+    version: ClassVar[int]
+    params_type: ClassVar[type | None] = None
+    fields: ClassVar[tuple[str, ...]] = ()
+    refs: ClassVar[tuple[str, ...]] = ()
+    #: fields a pipeline stage of this kind must have besides ``dataset`` (checked with the file)
+    required: ClassVar[tuple[str, ...]] = ()
+    cache: StageCache
+
+    @classmethod
+    def from_pipeline(cls, entry: PipelineEntry, upstream: UpstreamMap, ctx: RunContext) -> "Stage":
+        """The stage a pipeline entry describes (no work, no checks: a dry run builds it too)."""
+        raise NotImplementedError
+
+    def plan(self) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def build(self, tmp: Path) -> dict | None:
+        raise NotImplementedError
+
+    def check(self) -> None:
+        """Checks of the inputs that run before any work (not in a dry run: they read the data)."""
+
+    def run_options(self) -> dict:
+        """Extra keyword arguments of :meth:`StageCache.run` (``resume``, ``lock``)."""
+        return {}
+
+    def key(self) -> str:
+        """The key :meth:`run` gives its artefact (raises :class:`KeyUnknown` when an input is not built)."""
+        params, inputs = self.plan()
+        return stage_key(self.name, self.version, params, inputs)
+
+    def run(self, force: bool = False) -> StageResult:
+        """Return the cached artefact, or check the inputs and build it."""
+        self.check()
+        params, inputs = self.plan()
+        return self.cache.run(self.name, self.version, params, inputs, self.build, force=force, **self.run_options())
+
+    def pipeline_result(self, force: bool = False) -> StageResult:
+        """What a pipeline stage of this kind hands to the stages after it (its artefact)."""
+        return self.run(force=force)
+
