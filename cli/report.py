@@ -1,5 +1,5 @@
 """``pointparse report``: the paper's tables and figures from cached artefacts (a thin Click layer
-over :func:`pointparse.report.run_report`)."""
+over :func:`pointparse.stages.report.run_report`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from pathlib import Path
 import click
 
 from pointparse.cache import StageCache
+from pointparse.dataspec import DatasetSpec
 from pointparse.errors import ConfigError
+from pointparse.io import atomic_out_dir, check_out_dir
 
 from .options import cache_option, echo_result, force_option, friendly, parse_kv
 
@@ -65,10 +67,9 @@ def report_cmd(run_items, all_runs, extension_ref, out_dir, qualitative_images, 
 
     Example: pointparse report --run fullsup=KEY1 --run pointsup=KEY2 --run pdml=KEY3 --run pdml+ext=KEY4
     """
-    from pointparse.report import discover_runs, format_summary, run_report
-    from pointparse.stages import DatasetSpec
-
-    from pointparse.io import atomic_out_dir, check_out_dir
+    # pandas, matplotlib (and torch for the grid): loaded when a report is made, not by `pointparse --help`
+    from pointparse.report import discover_runs, format_summary
+    from pointparse.stages.report import run_report
 
     if out_dir:  # refuse before any work, not after it
         check_out_dir(out_dir, "report", stage="report")

@@ -1,4 +1,4 @@
-"""No class shares the ignore colour: figures (``plots.colorize``) and palette PNGs
+"""No class shares the ignore colour: figures (``report.qualitative.colorize``) and palette PNGs
 (``io.write_label_png``), for a folder dataset without a palette whose class 0 is a real class."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from PIL import Image
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import default_palette, open_dataset
 from pointparse.io import IGNORE_COLOUR, ignore_colour, write_label_png
-from pointparse.plots import colorize
+from pointparse.report.qualitative import colorize
 
 
 def _street_folder(root: Path) -> Path:

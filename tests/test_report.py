@@ -19,7 +19,8 @@ from pointparse.cache import StageCache
 from pointparse.cli.report import parse_runs, report_cmd
 from pointparse.errors import ConfigError, DataError
 from pointparse.metrics import SegMetrics
-from pointparse.report import build_report, default_run_name, discover_runs, load_run, read_extension_table, run_report
+from pointparse.report import build_report, default_run_name, discover_runs, load_run, read_extension_table
+from pointparse.stages.report import run_report
 
 torch.set_num_threads(1)
 
@@ -239,8 +240,10 @@ def test_evaluate_artefact_run_and_discovery(tmp_path, three_runs):
 @pytest.fixture(scope="module")
 def real_run(tmp_path_factory):
     from pointparse.evaluate import EvalConfig
-    from pointparse.points import MakePointsConfig
-    from pointparse.stages import DatasetSpec, run_make_points, run_train
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.stages.make_points import run_make_points
+    from pointparse.stages.train import run_train
     from pointparse.train import TrainConfig
 
     cache = StageCache(tmp_path_factory.mktemp("cache"))
@@ -296,7 +299,7 @@ def test_qualitative_grid_with_a_moved_dataset_says_what_to_do(real_run, tmp_pat
 
 
 def test_qualitative_grid_turns_when_many_runs_would_make_it_too_wide(tmp_path):
-    from pointparse.plots import QUALITATIVE_MAX_COLUMNS, qualitative_grid
+    from pointparse.report.qualitative import QUALITATIVE_MAX_COLUMNS, qualitative_grid
 
     gt = np.kron(np.arange(12, dtype=np.uint8).reshape(3, 4) % 3, np.ones((16, 16), np.uint8))  # [48, 64]
     samples = [{"name": f"a_rather_long_image_name_number_{i}_from_a_street", "image": np.zeros(gt.shape + (3,), np.uint8),

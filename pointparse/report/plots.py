@@ -1,10 +1,14 @@
-"""The report's figures: per-class IoU bars, dis(+)/dis(−) curves (paper Figure 3), pair-distance
-histograms (Figure 4), a qualitative grid (Figures 5–6), training curves and extension accuracy.
+"""The report's figures of numbers: per-class IoU bars, dis(+)/dis(−) curves (paper Figure 3),
+pair-distance histograms (Figure 4) and training curves; the drawing helpers every figure shares.
+
+The qualitative grid (Figures 5–6) is :mod:`pointparse.report.qualitative`, the extension figure
+(Table 5) :mod:`pointparse.report.extension_plot`; :mod:`pointparse.report.figures` reads the runs
+and calls them all.
 
 Every function takes plain data (numbers already read from the artefacts by
-:mod:`pointparse.report`), writes one PNG atomically and returns its path. Figures are built with
-matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no ``pyplot``), so nothing
-here touches global plotting state or needs a display.
+:mod:`pointparse.report.runs`), writes one PNG atomically and returns its path. Figures are built
+with matplotlib's object-oriented API (:class:`matplotlib.figure.Figure`, no ``pyplot``), so
+nothing here touches global plotting state or needs a display.
 
 Conventions: IoU, accuracy and coverage arrive as fractions in [0, 1] and are *shown* in percent
 (as in the paper); epochs arrive 0-based and are shown 1-based; each run keeps one colour in
@@ -18,13 +22,12 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter
 
-from . import IGNORE_INDEX
-from .io import IGNORE_COLOUR, atomic_file, ignore_colour  # noqa: F401 (IGNORE_COLOUR: kept importable here)
+from ..io import atomic_file
 
 DPI = 110
 #: classes per row of the per-class bar chart; ADE20K's 150 classes wrap onto several rows
@@ -33,13 +36,12 @@ CLASSES_PER_ROW = 30
 
 def run_colors(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     """One fixed colour per run (tab10, tab20 beyond ten runs), in the order the runs are given."""
-    from matplotlib import colormaps
-
     cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
     return {n: tuple(cmap(i % cmap.N)[:3]) for i, n in enumerate(names)}
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def save_png(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (white background, tight box), atomically; returns the path."""
     path = Path(path)
     with atomic_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
@@ -103,7 +105,7 @@ def per_class_iou_bars(iou: Mapping[str, Sequence[float]], classes: Sequence[str
     axes[0].set_title(title, fontsize=13)
     fig.legend(loc="outside lower center", ncol=_legend_cols(len(runs), 5 if width >= 12 else 3), fontsize=10,
                frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -139,7 +141,7 @@ def distance_curves(series: Mapping[str, dict], colors: Mapping[str, tuple], pat
     handles += [Line2D([], [], color="0.3", ls="-", marker="o", label="dis(+): positive pairs"),
                 Line2D([], [], color="0.3", ls="--", marker="s", label="dis(−): negative pairs")]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3), fontsize=10, frameon=False)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int = 40) -> Path:
@@ -192,109 +194,11 @@ def distance_histograms(hists: Mapping[str, dict], path: str | Path, bins: int =
             ax.legend(fontsize=9, loc="upper right", framealpha=0.9)
             ax.grid(alpha=0.25)
     fig.suptitle("Pair-distance distributions, first vs last epoch (paper Figure 4; dotted = median)", fontsize=13)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------
-# qualitative grid (Figures 5 and 6)
-# ------------------------------------------------------------------------------------------------
-
-
-def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
-    """uint8 [H, W, 3] colours of a class-id map [H, W]; 255 (ignore) and ids beyond the palette get
-    :func:`~pointparse.io.ignore_colour` (VOC's void colour (224, 224, 192), never a class's)."""
-    pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
-    lut = np.zeros((256, 3), np.uint8)
-    lut[:] = ignore_colour(pal)
-    lut[: len(pal)] = pal
-    return lut[np.asarray(label).astype(np.int64).clip(0, 255)]
-
-
-def _wrap(text: str, width: int) -> str:
-    """Break a long run name at '+' signs so column headers do not run into each other."""
-    if len(text) <= width:
-        return text
-    lines, cur = [], ""
-    for part in text.replace("+", "+\0").split("\0"):
-        if cur and len(cur) + len(part) > width:
-            lines.append(cur)
-            cur = ""
-        cur += part
-    return "\n".join([*lines, cur])
-
-
-def _shorten(text: str, width: int) -> str:
-    """``text`` cut in the middle to at most ``width`` characters (image names can be long)."""
-    if len(text) <= width:
-        return text
-    keep = width - 1
-    return text[: (keep + 1) // 2] + "…" + text[len(text) - keep // 2:]
-
-
-#: more panels per image than this and the grid turns: runs become rows, images columns
-QUALITATIVE_MAX_COLUMNS = 8
-
-
-def qualitative_grid(samples: Sequence[dict], runs: Sequence[str], classes: Sequence[str],
-                     palette: Sequence[Sequence[int]], path: str | Path, title: str = "") -> Path:
-    """Rows = images; columns = image, ground truth, then each run's prediction.
-
-    With more than :data:`QUALITATIVE_MAX_COLUMNS` panels per image (many runs or seeds) the grid
-    is transposed — one column per image, one row per panel — so it grows down the page instead
-    of to a width no screen shows.
-
-    ``samples[i]`` = ``{"name": str, "image": uint8 [H, W, 3], "gt": uint8 [H, W] (255 ignore),
-    "preds": {run: int [H, W]}}``. The legend lists the classes that appear in the shown maps.
-    """
-    panels_per_image = 2 + len(runs)
-    transposed = panels_per_image > QUALITATIVE_MAX_COLUMNS
-    n_rows, n_cols = (panels_per_image, len(samples)) if transposed else (len(samples), panels_per_image)
-    h0, w0 = samples[0]["gt"].shape
-    cell = 2.6
-    aspect = h0 / max(w0, 1)
-    present = set()
-    for s in samples:
-        present |= set(np.unique(s["gt"]).tolist())
-        for r in runs:
-            present |= set(np.unique(s["preds"][r]).tolist())
-    shown = [c for c in range(len(classes)) if c in present]
-    n_items = len(shown) + (IGNORE_INDEX in present)
-    legend_rows = math.ceil(n_items / 10)
-    ncol = math.ceil(n_items / max(legend_rows, 1))  # balanced rows, at most 10 entries each
-    label_width = 1.6 if transposed else 0.0  # room for horizontal run names left of the rows
-    fig = Figure(figsize=(cell * n_cols + label_width, cell * aspect * n_rows + 0.9 + 0.3 * legend_rows),
-                 layout="constrained")
-    axes = fig.subplots(n_rows, n_cols, squeeze=False)
-    headers = ["image", "ground truth", *runs]
-    for i, s in enumerate(samples):
-        panels = [s["image"], colorize(s["gt"], palette), *[colorize(s["preds"][r], palette) for r in runs]]
-        for j, img in enumerate(panels):
-            ax = axes[j, i] if transposed else axes[i, j]
-            ax.imshow(img, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-        name = _shorten(s["name"], 24 if transposed else 26)
-        if transposed:
-            axes[0, i].set_title(name, fontsize=10)
-        else:
-            axes[i, 0].set_ylabel(name, fontsize=10)
-    for j, header in enumerate(headers):
-        if transposed:
-            axes[j, 0].set_ylabel(_wrap(header, 18), fontsize=11, rotation=0, ha="right", va="center")
-        else:
-            axes[0, j].set_title(_wrap(header, 22), fontsize=12)
-    handles = [Patch(facecolor=np.asarray(palette[c]) / 255.0, edgecolor="0.3", label=classes[c]) for c in shown]
-    if IGNORE_INDEX in present:
-        handles.append(Patch(facecolor=np.asarray(ignore_colour(palette)) / 255.0, edgecolor="0.3",
-                             label="ignore (255)"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=max(ncol, 1), fontsize=10, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=13)
-    return _save(fig, path)
-
-
-# ------------------------------------------------------------------------------------------------
-# training curves and extension
+# training curves
 # ------------------------------------------------------------------------------------------------
 
 
@@ -373,103 +277,4 @@ def training_curves(epochs: Mapping[str, Sequence[dict]], final_miou: Mapping[st
     fig.legend(handles=handles, loc="outside lower center", ncol=_legend_cols(len(handles), 6), fontsize=10,
                frameon=False)
     fig.suptitle("Training curves", fontsize=13)
-    return _save(fig, path)
-
-
-def extension_plot(table, trajectories: Mapping[str, dict], colors: Mapping[str, tuple], path: str | Path) -> Path:
-    """Extension accuracy vs coverage: per method of an ablate-extension table, and per training run.
-
-    ``table``: a DataFrame with ``label``, ``method``, ``extension_acc`` and optionally ``threshold``,
-    ``coverage`` and ``miou`` (fractions), or ``None``; it gives two panels, accuracy against
-    coverage (one colour per method, a method's thresholds joined by a line) and the accuracy (and
-    mIoU) of every row as labelled bars, since several rows often sit almost on one point.
-    ``trajectories[run]`` = ``{"epochs": [...], "acc": [...], "coverage": [...]}`` from the run's
-    epochs.jsonl gives a third panel.
-    """
-    from matplotlib import colormaps
-
-    panels = (["scatter", "bars"] if table is not None else []) + (["runs"] if trajectories else [])
-    n_rows_table = 0 if table is None else len(table)
-    if len(panels) == 3:  # the bars (one per table row) run down the right-hand side
-        fig = Figure(figsize=(14, max(10.0, 1.5 + 0.45 * n_rows_table)), layout="constrained")
-        mosaic = fig.subplot_mosaic([["scatter", "bars"], ["runs", "bars"]])
-    else:
-        fig = Figure(figsize=(6.8 * len(panels), max(5.4, 1.6 + 0.42 * n_rows_table)), layout="constrained")
-        mosaic = fig.subplot_mosaic([panels])
-    axes = [mosaic[k] for k in panels]
-    cmap = colormaps["tab10"]
-    if table is not None:
-        methods = list(dict.fromkeys(table["method"].astype(str)))
-        mcol = {m: cmap(k % 10) for k, m in enumerate(methods)}
-        markers = "osD^vP*Xh"
-    for ax, kind in zip(axes, panels):
-        if kind == "scatter":
-            has_cov = "coverage" in table and table["coverage"].notna().any()
-            for k, m in enumerate(methods):
-                sub = table[table["method"].astype(str) == m]
-                if "threshold" in sub:
-                    sub = sub.sort_values("threshold", na_position="first")
-                x = 100 * sub["coverage"].astype(float).to_numpy() if has_cov else np.full(len(sub), float(k))
-                y = 100 * sub["extension_acc"].astype(float).to_numpy()
-                ax.plot(x, y, marker=markers[k % len(markers)], ms=9, lw=1.5, color=mcol[m], label=m, alpha=0.9)
-                thr = sub["threshold"].to_numpy() if "threshold" in sub else np.full(len(sub), np.nan)
-                ok = [i for i in range(len(sub)) if thr[i] == thr[i] and thr[i] is not None]
-                # label only a method's extreme thresholds: inner ones would sit on top of each other
-                for pos, i in enumerate(dict.fromkeys([ok[0], ok[-1]]) if ok else []):
-                    ax.annotate(f"t={float(thr[i]):g}", (x[i], y[i]), textcoords="offset points",
-                                xytext=(8, -14) if pos == 0 else (-8, 8), ha="left" if pos == 0 else "right",
-                                fontsize=9, color=mcol[m])
-            if has_cov:
-                cov = 100 * table["coverage"].astype(float)
-                cov = cov[cov > 0]
-                if len(cov) and cov.max() / cov.min() > 20:  # methods differ by decades in coverage
-                    ax.set_xscale("log")
-                    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-                    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-                    ax.xaxis.set_minor_formatter(NullFormatter())  # 1-2-5 majors are enough labels
-                ax.set_xlabel("coverage of labelled pixels (%)", fontsize=11)
-            else:
-                ax.set_xticks(range(len(methods)))
-                ax.set_xticklabels(methods, rotation=30, ha="right")
-            ax.set_ylabel("extension accuracy (%)", fontsize=11)
-            ax.set_title("Extension accuracy vs coverage (paper Table 5)", fontsize=12)
-            ax.margins(x=0.1, y=0.1)
-            ax.legend(fontsize=10, title="method", loc="best")
-        elif kind == "bars":
-            labels = table["label"].astype(str).tolist()
-            acc = 100 * table["extension_acc"].astype(float).to_numpy()
-            miou = 100 * table["miou"].astype(float).to_numpy() if "miou" in table and table["miou"].notna().any() else None
-            yy = np.arange(len(labels))[::-1]
-            h = 0.4 if miou is not None else 0.7
-            cols = [mcol[m] for m in table["method"].astype(str)]
-            ax.barh(yy + (h / 2 if miou is not None else 0), np.nan_to_num(acc), h, color=cols, label="extension acc")
-            for yi, v in zip(yy, acc):
-                if v == v:
-                    ax.text(v + 1, yi + (h / 2 if miou is not None else 0), f"{v:.1f}", va="center", fontsize=9)
-            if miou is not None:
-                ax.barh(yy - h / 2, np.nan_to_num(miou), h, color=cols, alpha=0.45, hatch="//", edgecolor="0.3",
-                        label="mIoU")
-                for yi, v in zip(yy, miou):
-                    if v == v:
-                        ax.text(v + 1, yi - h / 2, f"{v:.1f}", va="center", fontsize=9, color="0.25")
-                ax.legend(handles=[Patch(facecolor="0.5", label="extension accuracy (%)"),
-                                   Patch(facecolor="0.85", hatch="//", edgecolor="0.3", label="mIoU (%)")],
-                          fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2, frameon=False)
-            ax.set_yticks(yy)
-            ax.set_yticklabels(labels, fontsize=10)
-            ax.set_xlim(0, 112)
-            ax.set_title("Extension accuracy and mIoU per setting", fontsize=12)
-        else:
-            for run, t in trajectories.items():
-                x, y = 100 * np.asarray(t["coverage"], float), 100 * np.asarray(t["acc"], float)
-                ax.plot(x, y, "-o", color=colors[run], lw=2, ms=5, label=run)
-                ok = np.isfinite(x) & np.isfinite(y)
-                for xi, yi, e in zip(x[ok], y[ok], np.asarray(t["epochs"])[ok]):
-                    ax.annotate(f"ep {int(e) + 1}", (xi, yi), textcoords="offset points", xytext=(5, -10),
-                                fontsize=8, color=colors[run])
-            ax.set_xlabel("coverage of labelled pixels (%)", fontsize=11)
-            ax.set_ylabel("extension accuracy (%)", fontsize=11)
-            ax.set_title("Online extension during training (per epoch)", fontsize=12)
-            ax.legend(fontsize=10, title="run")
-        ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_png(fig, path)
