@@ -20,7 +20,8 @@ import time
 
 import torch
 
-from pointparse.model import HEADS, build_model
+from pointparse.heads import HEADS
+from pointparse.model import build_model
 from pointparse.train import compute_losses
 from pointparse.train_config import TrainConfig
 

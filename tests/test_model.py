@@ -18,13 +18,8 @@ from pointparse.backbones import (
     stride_plan,
 )
 from pointparse.errors import ConfigError, DataError
-from pointparse.model import (
-    ModelConfig,
-    aspp_dilations,
-    build_model,
-    load_weights,
-    upsample_logits,
-)
+from pointparse.heads import aspp_dilations
+from pointparse.model import ModelConfig, build_model, load_weights, upsample_logits
 
 NUM_CLASSES = 5
 

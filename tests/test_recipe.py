@@ -15,7 +15,8 @@ from pointparse.errors import ConfigError
 from pointparse.extension import extend_at_pixels, online_extension, square_pixels
 from pointparse.losses import click_class_weights, pixel_cross_entropy, point_cross_entropy
 from pointparse.pdml import PDML_VARIANTS, pdml_loss
-from pointparse.model import HEADS, ModelConfig, build_model
+from pointparse.heads import HEADS
+from pointparse.model import ModelConfig, build_model
 from pointparse.train_config import TrainConfig
 
 BACKBONES = ["efficientnet_lite0", "resnet18", "resnet34", "resnet50", "resnet101"]

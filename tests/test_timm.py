@@ -10,7 +10,8 @@ import torch
 
 from pointparse.backbones import BACKBONES, backbone_spec, build_backbone, strip_classifier
 from pointparse.errors import ConfigError
-from pointparse.model import HEADS, ModelConfig, build_model
+from pointparse.heads import HEADS
+from pointparse.model import ModelConfig, build_model
 
 timm = pytest.importorskip("timm")
 
