@@ -23,7 +23,7 @@ import torch
 
 from pointparse.datasets import open_dataset
 from pointparse.evaluate import EvalConfig, evaluate_model, predict_logits
-from pointparse.metrics import ConfusionMatrix
+from pointparse.evaluate import ConfusionMatrix
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from pointparse.pool import loader_workers
 from pointparse.synthetic import SyntheticConfig, generate_scenes

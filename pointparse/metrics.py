@@ -4,7 +4,8 @@ Rows are ground truth, columns are predictions. Pixels whose ground truth is ``I
 (255) or otherwise outside ``0..C-1`` are not counted. A class absent from both the ground
 truth and the predictions has IoU NaN and is left out of the mean (it says nothing about the
 model); a class that is predicted but never present has IoU 0 and counts. All ratios are
-fractions in [0, 1] (the paper prints percentages).
+fractions in [0, 1] (the paper prints percentages). numpy only: the torch accumulator is
+:class:`pointparse.evaluate.ConfusionMatrix`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .errors import ConfigError
 
@@ -117,38 +117,3 @@ class SegMetrics:
                 "pred_pixels": self.pred_pixels,
             }
         )
-
-
-class ConfusionMatrix:
-    """int64 [C, C] confusion matrix accumulated on ``device`` with ``torch.bincount``."""
-
-    def __init__(self, num_classes: int, device: torch.device | str | None = None):
-        if int(num_classes) != num_classes or num_classes < 1:
-            raise ConfigError(f"number of classes must be an integer >= 1, got {num_classes!r}")
-        self.num_classes = int(num_classes)
-        self.mat = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=device)
-
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Count ``pred`` against ``target`` (same shape, class ids; target 255 / >= C ignored)."""
-        if pred.shape != target.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")
-        n = self.num_classes
-        t = target.to(self.mat.device).reshape(-1).long()
-        p = pred.to(self.mat.device).reshape(-1).long()
-        keep = (t >= 0) & (t < n)
-        t, p = t[keep], p[keep]
-        if p.numel() and bool(((p < 0) | (p >= n)).any()):
-            raise ValueError(f"predictions must be class ids 0..{n - 1}")
-        self.mat += torch.bincount(t * n + p, minlength=n * n).view(n, n)
-
-    def reset(self) -> None:
-        self.mat.zero_()
-
-    def all_reduce(self) -> "ConfusionMatrix":
-        """Sum the matrix over ranks when torch.distributed is initialised (else no-op)."""
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.mat)
-        return self
-
-    def compute(self) -> SegMetrics:
-        return SegMetrics.from_matrix(self.mat.cpu().numpy())

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pointparse.errors import ConfigError
 from pointparse.losses import point_cross_entropy, sample_embeddings
 from pointparse.pdml import MAX_DISTANCE_SAMPLES, gather_points, pdml_loss, pdml_loss_reference, pdml_triples, subgroups
-from pointparse.metrics import ConfusionMatrix
+from pointparse.evaluate import ConfusionMatrix
 
 
 def gen(seed: int) -> torch.Generator:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from pointparse.errors import ConfigError
-from pointparse.metrics import ConfusionMatrix, SegMetrics
+from pointparse.evaluate import ConfusionMatrix
+from pointparse.metrics import SegMetrics
 
 
 def test_update_counts_rows_gt_cols_pred_and_ignores_255():

@@ -24,6 +24,7 @@ import numpy as np
 from ..cache import MANIFEST, StageCache
 from ..errors import ConfigError, DataError
 from ..io import read_json
+from ..metrics import SegMetrics
 
 
 @dataclass
@@ -131,10 +132,6 @@ def _read_metrics(folder: Path) -> tuple[Path, dict, tuple[str, ...], np.ndarray
         raise DataError(path, "metrics list no classes")
     cm_path = folder / "confusion.npy"
     if cm_path.is_file():
-        # pointparse.metrics imports torch (its ConfusionMatrix): loaded here, so that importing the
-        # report stays torch-free
-        from ..metrics import SegMetrics
-
         try:
             cm = np.load(cm_path, allow_pickle=False)
         except (OSError, ValueError) as exc:
@@ -212,7 +209,7 @@ def load_run(name: str, ref: str | Path, cache: StageCache | None = None) -> Run
         run.train_dataset = (tman.get("inputs") or {}).get("dataset")
         run.points_stats, run.points_dataset = _points_of(tman, cache)
     elif checkpoint is not None:  # a bare .pt: its training configuration travels inside it
-        from ..train import load_checkpoint  # torch: only for this case, the report's import stays torch-free
+        from ..checkpoint import load_checkpoint  # torch: only for this case, the report's import stays torch-free
 
         run.train = dict(load_checkpoint(checkpoint).get("train_config") or {})
     run.checkpoint = checkpoint
