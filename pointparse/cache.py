@@ -17,7 +17,6 @@ The root is ``--cache-dir``, else ``$POINTPARSE_CACHE``, else ``./.pointparse-ca
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import json
@@ -29,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterator
 
 try:
     import fcntl
@@ -37,6 +36,7 @@ except ImportError:  # not POSIX: stages run unlocked
     fcntl = None
 
 from .errors import ConfigError, DataError, unknown_choice
+from .keys import canonical_json, stage_key
 
 CACHE_ENV = "POINTPARSE_CACHE"
 DEFAULT_CACHE_DIR = ".pointparse-cache"
@@ -60,75 +60,6 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(cache_dir)
     env = os.environ.get(CACHE_ENV)
     return Path(env) if env else Path(DEFAULT_CACHE_DIR)
-
-
-def _jsonable(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return _jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, float) and obj != obj:
-        return "NaN"
-    if obj is None or isinstance(obj, (str, int, float, bool)):
-        return obj
-    raise TypeError(f"cannot put {type(obj).__name__} into a cache key")
-
-
-def canonical_json(obj: Any) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, dataclasses and paths converted."""
-    return json.dumps(_jsonable(obj), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def stage_key(stage: str, version: int | str, params: Any, inputs: Any) -> str:
-    """sha256 of the canonical JSON of the stage name, code version, parameters and inputs."""
-    payload = {"stage": stage, "version": version, "params": params, "inputs": inputs}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-
-
-def fingerprint_files(files: Iterable[str | Path], content: bool = False, base: str | Path | None = None) -> str:
-    """A fingerprint of a set of files.
-
-    By default it hashes each file's relative path, size and mtime (fast; touching a file changes
-    it). ``content=True`` hashes the bytes instead (robust to copies and ``touch``, slower). A missing
-    file is a :class:`DataError` naming it.
-    """
-    h = hashlib.sha256()
-    base = Path(base) if base is not None else None
-    for f in sorted(Path(p) for p in files):
-        try:
-            st = f.stat()
-        except FileNotFoundError:
-            raise DataError(f, "file does not exist") from None
-        rel = str(f.relative_to(base)) if base is not None and f.is_relative_to(base) else str(f.resolve())
-        h.update(rel.encode())
-        if content:
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-        else:
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        h.update(b"\0")
-    return h.hexdigest()
-
-
-def content_fingerprint(path: str | Path) -> str:
-    """sha256 of one file's bytes only, so the same file at another path (a copied cache, a moved
-    weights file) has the same fingerprint and an overwritten one never does."""
-    path = Path(path)
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    except FileNotFoundError:
-        raise DataError(path, "file does not exist") from None
-    except IsADirectoryError:
-        raise DataError(path, "is a folder, expected a file") from None
-    return h.hexdigest()
 
 
 @dataclass

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from .cache import StageCache, StageResult, fingerprint_files
+from .cache import StageCache, StageResult
 from .datasets import DATASET_KINDS, SegmentationDataset, open_dataset
 from .errors import ConfigError, unknown_choice
+from .keys import fingerprint_files
 from .stages.base import Stage
 from .synthetic import SyntheticConfig, generate_scenes
 

@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from pointparse.cache import StageCache, canonical_json, cache_root, fingerprint_files, stage_key
+from pointparse.cache import StageCache, cache_root
+from pointparse.keys import canonical_json, fingerprint_files, stage_key
 from pointparse.errors import DataError
 
 

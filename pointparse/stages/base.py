@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
-from ..cache import MANIFEST, StageCache, StageResult, stage_key
+from ..cache import MANIFEST, StageCache, StageResult
+from ..keys import stage_key
 from ..io import read_json
 
 

@@ -14,11 +14,12 @@ from typing import ClassVar
 
 import torch
 
-from ..cache import StageCache, StageResult, content_fingerprint
+from ..cache import StageCache, StageResult
 from ..dataspec import SYNTHETIC_KIND, DatasetSpec, class_difference, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
 from ..errors import DataError
 from ..evaluate import EvalConfig, evaluate_model, write_metrics
+from ..keys import content_fingerprint
 from ..predictor import Predictor, resolve_checkpoint
 from ..runtime import setup_runtime
 from .base import KeyUnknown, PipelineEntry, RunContext, Stage, UpstreamMap

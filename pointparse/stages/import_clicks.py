@@ -9,7 +9,6 @@ clicks is :func:`pointparse.clicks.import_clicks`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -19,7 +18,8 @@ from ..cache import StageCache, StageResult
 from ..clicks import CLICK_FORMATS, import_clicks, load_class_map
 from ..dataspec import SYNTHETIC_KIND, DatasetSpec, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
-from ..errors import ConfigError, DataError, unknown_choice
+from ..errors import ConfigError, unknown_choice
+from ..keys import click_file_fingerprint
 from .base import PipelineEntry, RunContext, Stage, UpstreamMap
 
 
@@ -42,24 +42,6 @@ class ImportClicksConfig:
         if self.class_map is not None and not isinstance(self.class_map, (dict, str, Path)):
             raise ConfigError(f"class_map must be a mapping {{tool label: dataset class}} or the path of a "
                               f"YAML/JSON file, got {self.class_map!r}")
-
-
-def click_file_fingerprint(path: str | Path) -> str:
-    """sha256 of a click file's bytes (a folder: of its files' relative names and bytes)."""
-    path = Path(path)
-    h = hashlib.sha256()
-    if not path.exists():
-        raise DataError(path, "click file does not exist")
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    if not files:
-        raise DataError(path, "folder is empty")
-    for f in files:
-        h.update((f.relative_to(path).as_posix() if path.is_dir() else "").encode() + b"\0")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        h.update(b"\0")
-    return h.hexdigest()
 
 
 @dataclass

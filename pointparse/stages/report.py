@@ -14,7 +14,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence, Union
 
-from ..cache import MANIFEST, StageCache, StageResult, content_fingerprint
+from ..cache import MANIFEST, StageCache, StageResult
+from ..keys import content_fingerprint
 from ..dataspec import DatasetSpec, dataset_fingerprint, open_spec
 from ..errors import ConfigError
 from ..io import read_json

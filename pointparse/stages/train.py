@@ -22,15 +22,16 @@ from typing import Any, Callable, ClassVar
 import torch
 import torch.distributed as dist
 
-from ..cache import StageCache, StageResult, content_fingerprint
+from ..cache import StageCache, StageResult
+from ..checkpoint import load_checkpoint
 from ..curves import TensorBoardCurves
 from ..dataspec import SYNTHETIC_KIND, DatasetSpec, class_difference, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
 from ..errors import ConfigError, DataError
 from ..evaluate import EvalConfig
 from ..io import atomic_file, read_json, write_json
+from ..keys import content_fingerprint
 from ..points import load_points
-from ..checkpoint import load_checkpoint
 from ..train import TENSORBOARD_DIR, train
 from ..train_config import TrainConfig
 from .base import PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
