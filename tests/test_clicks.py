@@ -23,7 +23,7 @@ from pointparse.points import load_points
 from pointparse.simulate import MakePointsConfig, make_points
 from pointparse.stages.import_clicks import ImportClicksConfig, run_import_clicks
 from pointparse.stages.train import run_train
-from pointparse.train import TrainConfig
+from pointparse.train_config import TrainConfig
 
 CLASSES = "0 ground 0:128:0\n1 thing 128:0:0\n2 sky 0:0:128\n"
 SIZES = {"im0": (32, 40), "im1": (24, 24), "im2": (40, 32)}  # name -> (height, width)

@@ -244,7 +244,7 @@ def real_run(tmp_path_factory):
     from pointparse.dataspec import DatasetSpec
     from pointparse.stages.make_points import run_make_points
     from pointparse.stages.train import run_train
-    from pointparse.train import TrainConfig
+    from pointparse.train_config import TrainConfig
 
     cache = StageCache(tmp_path_factory.mktemp("cache"))
     spec = DatasetSpec(kind="synthetic", options={"seed": 3, "size": 64, "splits": {"train": 8, "val": 4}})
