@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
+from pointparse.cache import StageCache
+from pointparse.dataspec import DatasetSpec
 from pointparse.errors import ConfigError
+from pointparse.io import check_out_dir
 
 from .options import cache_option, content_option, force_option, friendly, parse_kv, quiet_option
 
@@ -73,10 +76,10 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
     per_class_accuracy.csv and examples/<method>_<image>.png. Each row is cached on its own, so
     adding a threshold later computes only that row.
     """
-    from pointparse.ablation import AblationConfig, AblationTrainConfig, copy_table, run_ablation
-    from pointparse.cache import StageCache
-    from pointparse.io import check_out_dir
-    from pointparse.stages import DatasetSpec
+    # torch and pandas: loaded when this command runs, not when the CLI starts
+    from pointparse.extension.methods import AblationConfig, AblationTrainConfig
+    from pointparse.extension.table import copy_table
+    from pointparse.stages.ablate_extension import run_ablation
 
     if out_dir:  # refuse before any work, not after it
         check_out_dir(out_dir, "ablate-extension", stage="ablate-extension")

@@ -15,35 +15,26 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pointparse import IGNORE_INDEX
-from pointparse.ablation import (
-    TABLE_COLUMNS,
-    AblationConfig,
-    AblationRow,
-    DenseFeatures,
-    ExtensionCounts,
-    Network,
-    SplitView,
-    UpsampledFeatures,
-    _OfflineJob,
-    _run_offline_job,
-    build_grid,
-    extension_row,
-    iter_extended,
-    kmeans_extension,
-    online_labels,
-    rgbxy_features,
-    run_ablation,
-    superpixel_count,
-    superpixel_segments,
-)
 from pointparse.cache import StageCache
+from pointparse.checkpoint import CHECKPOINT_FORMAT
 from pointparse.cli.ablate import ablate_extension_cmd
 from pointparse.datasets import DatasetInfo
+from pointparse.dataspec import DatasetSpec, open_spec
 from pointparse.errors import ConfigError, DataError
+from pointparse.extension.ablation import ExtensionCounts, Network, extension_row, iter_extended, online_labels
+from pointparse.extension.kmeans import DenseFeatures, UpsampledFeatures, kmeans_extension, rgbxy_features
+from pointparse.extension.methods import AblationConfig, AblationRow, build_grid
+from pointparse.extension.offline import OfflineJob as _OfflineJob
+from pointparse.extension.offline import run_offline_job as _run_offline_job
+from pointparse.extension.superpixel import superpixel_count, superpixel_segments
+from pointparse.extension.table import TABLE_COLUMNS
 from pointparse.model import ModelConfig, build_model
-from pointparse.points import MakePointsConfig, load_points
-from pointparse.stages import DatasetSpec, open_spec, run_make_points, run_train
-from pointparse.train import CHECKPOINT_FORMAT, TrainConfig
+from pointparse.points import load_points
+from pointparse.simulate import MakePointsConfig
+from pointparse.stages.ablate_extension import run_ablation
+from pointparse.stages.make_points import run_make_points
+from pointparse.stages.train import run_train
+from pointparse.train_config import TrainConfig
 
 SYN = {"seed": 3, "size": 64, "splits": {"train": 8, "val": 4}}
 TRAIN = DatasetSpec(kind="synthetic", split="train", options=SYN)
@@ -202,7 +193,7 @@ def test_grid_defaults_to_table5_and_rejects_unknown_methods():
 
 
 def test_parallel_equals_serial(cache, val_points, checkpoint):
-    ds = open_spec(VAL, cache, progress=False)
+    ds = open_spec(VAL, cache)
     ps = load_points(val_points)
     net = Network(checkpoint, "cpu")
     for row, feats in ((AblationRow("superpixel"), "embeddings"), (AblationRow("kmeans"), "rgbxy"),
@@ -351,7 +342,7 @@ def test_copy_table_never_replaces_a_folder_it_did_not_write(tmp_path):
     replaced (issue 15, item 2)."""
     from types import SimpleNamespace
 
-    from pointparse.ablation import copy_table
+    from pointparse.extension.table import copy_table
     from pointparse.errors import DataError
 
     table = tmp_path / "table"

@@ -15,7 +15,8 @@ import pytest
 # Run in a child interpreter with a timeout: the failure this guards against is a hang.
 SCRIPT = textwrap.dedent("""
     import cv2, numpy as np
-    from pointparse.ablation import _OfflineJob, _ordered_map, _run_offline_job
+    from pointparse.extension.offline import OfflineJob as _OfflineJob
+    from pointparse.extension.offline import ordered_map as _ordered_map, run_offline_job as _run_offline_job
     from pointparse.pool import fork_pool
 
     cv2.setNumThreads(2)

@@ -253,7 +253,8 @@ def test_a_corrupt_partial_checkpoint_is_discarded_and_force_starts_over(tmp_pat
 def test_evaluate_and_ablation_keys_do_not_depend_on_the_checkpoint_path(tmp_path):
     import shutil
 
-    from pointparse.ablation import AblationConfig, plan_ablation
+    from pointparse.extension.methods import AblationConfig
+    from pointparse.stages.ablate_extension import plan_ablation
     from pointparse.cache import StageCache
     from pointparse.evaluate import EvalConfig
     from pointparse.dataspec import DatasetSpec

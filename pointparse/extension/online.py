@@ -39,8 +39,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import IGNORE_INDEX
-from .errors import ConfigError, unknown_choice
+from .. import IGNORE_INDEX
+from ..errors import ConfigError, unknown_choice
 
 
 def _check(probs: torch.Tensor, point_labels: torch.Tensor, threshold: float, region: int) -> None:

@@ -1,0 +1,395 @@
+"""The ``ablate-extension`` stage: Table 5 (extension methods compared) over a split with dense GT.
+
+Cached stages, each a :class:`~pointparse.stages.base.Stage`:
+
+* ``extension-row`` (:class:`ExtensionRow`): one table row's counts and example overlays. Key: the
+  row, the method's constants, ``limit`` / ``examples``, the split's fingerprint, the points
+  artefact's key and (methods that need the network) the checkpoint's bytes. Adding a threshold
+  later computes only that row.
+* ``extension-labels`` (:class:`ExtensionLabels`, with ``train``): the offline labels of the
+  training split that superpixel / kmeans rows train on.
+* ``ablation-evaluate`` (:class:`AblationEvaluate`, with ``train`` and ``limit``): a trained row's
+  metrics on the used images only.
+* ``ablate-extension`` (:class:`AblateExtension`): the table, keyed by the rows' keys (and, with
+  ``train``, the train and evaluation keys of each row).
+
+The table's plan and the rows' runs share one key computation (:meth:`ExtensionRow.plan`). With
+``train`` the table's key depends on the trained models, so it is known only after they ran
+(:class:`~pointparse.stages.base.KeyUnknown`). The algorithms live in :mod:`pointparse.extension`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Callable, ClassVar
+
+import pandas as pd
+
+from ..cache import StageCache, StageResult
+from ..keys import content_fingerprint
+from ..dataspec import SYNTHETIC_KIND, DatasetSpec, class_difference, dataset_fingerprint, open_spec
+from ..datasets import SegmentationDataset
+from ..errors import ConfigError, DataError
+from ..evaluate import EvalConfig, evaluate_model, write_metrics
+from ..extension.ablation import Network, SplitView, extension_row, subset_indices
+from ..extension.kmeans import KMEANS_MAX_ITER
+from ..extension.methods import AblationConfig, AblationRow, AblationTrainConfig, get_method
+from ..extension.superpixel import SLIC_COMPACTNESS, SUPERPIXEL_RANGE, SUPERPIXELS_PER_CLICK
+from ..extension.table import AblationResult, write_table
+from ..extension.training import row_train_config, write_offline_labels
+from ..points import load_points
+from ..predictor import Predictor, resolve_checkpoint
+from .base import KeyUnknown, PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
+from .evaluate import run_evaluate
+from .train import check_points_match, run_train
+
+# ------------------------------------------------------------------------------------------------
+# input checks (before any work)
+# ------------------------------------------------------------------------------------------------
+
+
+def check_points_cover(points, dataset: SegmentationDataset, points_path: Path) -> None:
+    """The points artefact must have the dataset's classes and every used image, at its size."""
+    check_points_match(points.info, dataset, points_path)
+    names = set(points.names)
+    missing = [n for n in dataset.names if n not in names]
+    made_for = points.meta.get("split")
+    hint = f" (it was made for split {made_for!r}; run make-points on split {dataset.split!r})" if made_for else ""
+    if len(missing) == len(dataset.names):
+        raise DataError(points_path, f"holds none of the {len(dataset)} images of split {dataset.split!r}{hint}")
+    if missing:
+        raise DataError(points_path, f"has no clicks for {len(missing)} of the {len(dataset)} images of split "
+                                     f"{dataset.split!r}, e.g. {missing[0]!r}{hint}")
+    for i, name in enumerate(dataset.names):
+        if tuple(points.image_sizes[name]) != tuple(dataset.image_size(i)):
+            (h, w), (ph, pw) = dataset.image_size(i), points.image_sizes[name]
+            raise DataError(points_path, f"image {name!r} is {pw}x{ph} in the points but {w}x{h} in "
+                                         f"{dataset.image_path(i)}: points from another dataset?")
+
+
+def check_dense(dataset: SegmentationDataset) -> None:
+    if not dataset.has_dense_labels:
+        raise DataError(dataset.root, f"split {dataset.split!r} has no dense ground truth; the extension "
+                                      "accuracy needs a split with dense masks (e.g. --split val)")
+
+
+def check_network(network: Network, dataset: SegmentationDataset) -> None:
+    if tuple(network.info.classes) != tuple(dataset.info.classes):
+        raise DataError(network.path, f"the checkpoint predicts {network.info.num_classes} classes "
+                                      f"({network.info.protocol}) but split {dataset.split!r} of {dataset.root} has "
+                                      f"{dataset.info.num_classes} ({dataset.info.protocol}): "
+                                      f"{class_difference(network.info.classes, dataset.info.classes)}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the sub-stages
+# ------------------------------------------------------------------------------------------------
+
+
+def row_params(row: AblationRow, cfg: AblationConfig) -> dict:
+    """What a row's labels depend on besides its inputs: the row, the method's constants, and the
+    used images / overlays (``limit``, ``examples``)."""
+    p: dict[str, Any] = {"row": dataclasses.asdict(row), "limit": cfg.limit, "examples": int(cfg.examples)}
+    if row.method == "superpixel":
+        p["superpixel"] = {"per_click": SUPERPIXELS_PER_CLICK, "range": list(SUPERPIXEL_RANGE),
+                           "compactness": SLIC_COMPACTNESS}
+    if row.method == "kmeans":
+        p["kmeans"] = {"features": cfg.kmeans_features, "max_iter": KMEANS_MAX_ITER}
+    if get_method(row.method).threshold:
+        p["inference"] = {"window": 0, "flip": False, "amp": "off"}
+    return p
+
+
+@dataclass
+class ExtensionRow(Stage):
+    """One row of ``ablation``'s table: ``counts.json`` and ``examples/<image>.png``."""
+
+    name: ClassVar[str] = "extension-row"
+    version: ClassVar[int] = 2
+
+    ablation: AblateExtension = field(repr=False)
+    row: AblationRow = field()
+
+    @property
+    def cache(self) -> StageCache:
+        return self.ablation.cache
+
+    def plan(self):
+        a = self.ablation
+        inputs = {"dataset": a.dataset_fp, "points": a.points.require_key()}
+        if get_method(self.row.method).needs_network(a.config.kmeans_features):
+            inputs["checkpoint"] = a.checkpoint_fp
+        return row_params(self.row, a.config), inputs
+
+    def build(self, tmp: Path) -> dict:
+        a = self.ablation
+        doc = a.row_builder(a.view, a.point_set, self.row, a.config, a.network, tmp, a.progress)
+        return {"summary": {"label": self.row.label, **{k: doc["totals"][k] for k in
+                                                       ("accuracy", "coverage", "new_pixels_per_image")}}}
+
+
+@dataclass
+class ExtensionLabels(Stage):
+    """An offline row's (superpixel, kmeans) labels of the training split, as a folder dataset in
+    ``data/`` (:func:`pointparse.extension.training.write_offline_labels`)."""
+
+    name: ClassVar[str] = "extension-labels"
+    version: ClassVar[int] = 1
+
+    ablation: AblateExtension = field(repr=False)
+    row: AblationRow = field()
+
+    @property
+    def cache(self) -> StageCache:
+        return self.ablation.cache
+
+    def plan(self):
+        a = self.ablation
+        inputs = {"dataset": a.train_dataset_fp, "points": a.train_points_artefact.require_key()}
+        if get_method(self.row.method).needs_network(a.config.kmeans_features):
+            inputs["checkpoint"] = a.checkpoint_fp
+        return {k: v for k, v in row_params(self.row, a.config).items() if k not in ("limit", "examples")}, inputs
+
+    def build(self, tmp: Path) -> dict:
+        a = self.ablation
+        s = write_offline_labels(a.train_dataset, a.train_point_set, self.row, a.config.kmeans_features, a.network,
+                                 tmp / "data", a.config.workers, a.progress)
+        return {"summary": s}
+
+
+@dataclass
+class AblationEvaluate(Stage):
+    """``evaluate`` of ``checkpoint`` (a model.pt) on the images of ``view`` only (``--limit``)."""
+
+    name: ClassVar[str] = "ablation-evaluate"
+    version: ClassVar[int] = 1
+
+    checkpoint: Path
+    spec: DatasetSpec
+    view: SplitView
+    dataset_fp: dict
+    device: str
+    cache: StageCache
+    progress: bool = True
+
+    @property
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(workers=0, device=self.device)
+
+    def plan(self):
+        params = {"eval": dataclasses.replace(self.eval_config, device=""), "indices": self.view.indices}
+        return params, {"dataset": self.dataset_fp, "checkpoint": content_fingerprint(self.checkpoint)}
+
+    def build(self, tmp: Path) -> dict:
+        pred = Predictor.from_checkpoint(self.checkpoint, self.device)
+        info = pred.info
+        metrics, cm = evaluate_model(pred.model, self.view, info.num_classes, self.eval_config, pred.device,
+                                     list(pred.mean), list(pred.std), progress=self.progress)
+        d = write_metrics(tmp, metrics, cm, info, {"split": self.spec.split, "images": len(self.view)})
+        return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(self.checkpoint)}
+
+
+# ------------------------------------------------------------------------------------------------
+# the table
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AblateExtension(Stage):
+    """Table 5 over the split ``spec`` (dense ground truth) from the clicks of ``points``.
+
+    ``checkpoint``: the train artefact (folder) or model.pt the score methods, kmeans on
+    embeddings and ``train`` from the checkpoint need. With ``train`` each row's labels also train
+    a model (clicks of ``train_points`` for online rows) evaluated on the split. ``row_builder``
+    replaces :func:`pointparse.extension.ablation.extension_row` (tests spy on it). ``dataset``:
+    the split already opened (else opened on first use).
+
+    :meth:`run` runs the rows (and trainings) first and then the table, whose key is made from
+    theirs; :meth:`ablate` returns all of them (:class:`AblationResult`).
+    """
+
+    name: ClassVar[str] = "ablate-extension"
+    version: ClassVar[int] = 2
+    params_type: ClassVar[type] = AblationConfig
+    fields: ClassVar[tuple[str, ...]] = ("dataset", "split", "train")
+    refs: ClassVar[tuple[str, ...]] = ("checkpoint", "points", "train_points")
+
+    spec: DatasetSpec
+    config: AblationConfig
+    cache: StageCache
+    points: Upstream
+    checkpoint: Upstream | None = None
+    train: AblationTrainConfig | None = None
+    train_points: Upstream | None = None
+    content_hash: bool = False
+    progress: bool = True
+    row_builder: Callable = field(default=extension_row, repr=False)
+    dataset: SegmentationDataset | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_pipeline(cls, entry: PipelineEntry, upstream: UpstreamMap, ctx: RunContext) -> "AblateExtension":
+        # train: a mapping of AblationTrainConfig fields; its clicks come from the train_points stage
+        train, tp = entry.spec.get("train"), upstream.get("train_points")
+        tcfg = None
+        if train is not None:
+            tcfg = AblationTrainConfig(**{**train, "points": _ref(tp[0]) if tp else train.get("points")})
+        ckpt = upstream.get("checkpoint")
+        return cls(ctx.dataset_for(entry, "val"), AblationConfig(**entry.params), ctx.cache, upstream["points"][0],
+                   ckpt[0] if ckpt else None, tcfg, tp[0] if tp else None, progress=ctx.progress)
+
+    # --- what the rows share (loaded on first use) ---------------------------------------------
+
+    def split_dataset(self) -> SegmentationDataset:
+        if self.dataset is None:
+            self.dataset = open_spec(self.spec, self.cache)
+        return self.dataset
+
+    @cached_property
+    def view(self) -> SplitView:
+        ds = self.split_dataset()
+        return SplitView(ds, subset_indices(len(ds), self.config.limit))
+
+    @cached_property
+    def point_set(self):
+        return load_points(self.points.require_path())
+
+    @cached_property
+    def network(self) -> Network | None:
+        return Network(self.checkpoint.require_path(), self.config.device, self.cache) if self.checkpoint else None
+
+    @cached_property
+    def dataset_fp(self) -> dict:
+        ds = None if self.spec.kind == SYNTHETIC_KIND else self.split_dataset()
+        return dataset_fingerprint(self.spec, ds, self.content_hash)
+
+    @cached_property
+    def checkpoint_fp(self) -> str | None:
+        """The checkpoint file's bytes (its path never enters a key)."""
+        return content_fingerprint(resolve_checkpoint(self.checkpoint.require_path())) if self.checkpoint else None
+
+    @property
+    def train_spec(self) -> DatasetSpec:
+        return self.spec.with_split(self.train.split)
+
+    @cached_property
+    def train_dataset(self) -> SegmentationDataset:
+        return open_spec(self.train_spec, self.cache)
+
+    @cached_property
+    def train_dataset_fp(self) -> dict:
+        return dataset_fingerprint(self.train_spec, self.train_dataset, self.content_hash)
+
+    @cached_property
+    def train_points_artefact(self) -> Upstream:
+        """``train_points``, or the artefact ``train.points`` names."""
+        return self.train_points or Upstream.find(self.train.points, self.cache, "make-points")
+
+    @cached_property
+    def train_point_set(self):
+        return load_points(self.train_points_artefact.require_path())
+
+    # --- the stage -----------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Every input, before any row runs."""
+        ds = self.split_dataset()
+        check_dense(ds)
+        check_points_cover(self.point_set, self.view, self.point_set.path)
+        if self.network is not None:
+            check_network(self.network, ds)
+        needs = [r.label for r in self.config.rows() if get_method(r.method).needs_network(self.config.kmeans_features)]
+        if needs and self.network is None:
+            raise ConfigError(f"row(s) {', '.join(needs)} need a checkpoint")
+        if self.train is not None:
+            check_points_cover(self.train_point_set, self.train_dataset, self.train_point_set.path)
+            if self.train.init == "checkpoint" and self.network is None:
+                raise ConfigError("--train from the checkpoint needs a checkpoint")
+
+    def plan(self):
+        if self.train is not None:
+            raise KeyUnknown("train")  # the table's key holds the trained models' keys: known once they exist
+        rows = self.config.rows()
+        return _table_plan(rows, [ExtensionRow(self, r).key() for r in rows], [None] * len(rows))
+
+    def run(self, force: bool = False) -> StageResult:
+        return self.ablate(force).table
+
+    def ablate(self, force: bool = False) -> AblationResult:
+        """Check the inputs, run every row (and its training), then the table."""
+        self.check()
+        rows = self.config.rows()
+        row_results = [ExtensionRow(self, r).run(force) for r in rows]
+        trained = [self._train_row(r) for r in rows] if self.train is not None else [None] * len(rows)
+        params, inputs = _table_plan(rows, [r.key for r in row_results],
+                                     [None if tr is None else [tr[0].key, tr[1].key] for tr in trained])
+
+        def build(tmp: Path) -> dict:
+            write_table(tmp, rows, row_results, trained)
+            return {"summary": {"rows": len(rows), "split": self.spec.split, "images": len(self.view)}}
+
+        table = self.cache.run(self.name, self.version, params, inputs, build, force=force)
+        return AblationResult(table, row_results, pd.read_csv(table.path / "extension_table.csv"), trained)
+
+    def _train_row(self, row: AblationRow) -> tuple[StageResult, StageResult]:
+        """(train, evaluation) artefacts of a model trained on ``row``'s labels."""
+        tcfg = row_train_config(row, self.train, self.network, self.config.device)
+        if get_method(row.method).online:
+            tres = run_train(self.train_spec, tcfg, self.cache, points=self.train_points_artefact.path,
+                             content_hash=self.content_hash, progress=self.progress)
+        else:
+            labels = ExtensionLabels(self, row).run()
+            tres = run_train(DatasetSpec(kind="folder", root=str(labels.path / "data"), split=self.train.split), tcfg,
+                             self.cache, progress=self.progress)
+        if self.config.limit is not None and len(self.view) < len(self.split_dataset()):
+            eres = AblationEvaluate(tres.path / "model.pt", self.spec, self.view, self.dataset_fp, self.config.device,
+                                    self.cache, self.progress).run()
+        else:
+            eres = run_evaluate(tres.path, self.spec, EvalConfig(workers=0, device=self.config.device), self.cache,
+                                content_hash=self.content_hash, progress=self.progress)
+        return tres, eres
+
+
+def _table_plan(rows: list[AblationRow], row_keys: list[str], trained_keys: list) -> tuple[dict, dict]:
+    """The table's (params, inputs): its rows, and the keys of their artefacts (and trainings)."""
+    params = {"rows": [dataclasses.asdict(r) for r in rows], "train": any(t is not None for t in trained_keys)}
+    return params, {"rows": row_keys, "trained": trained_keys}
+
+
+def _ref(up: Upstream) -> str:
+    """An upstream artefact as a reference: its folder, or in a dry run before it ran its key."""
+    return str(up.path if up.path is not None else up.key)
+
+
+# ------------------------------------------------------------------------------------------------
+# one call
+# ------------------------------------------------------------------------------------------------
+
+
+def run_ablation(checkpoint: str | Path | None, spec: DatasetSpec, points: str | Path, cfg: AblationConfig,
+                 cache: StageCache, train: AblationTrainConfig | None = None, force: bool = False,
+                 content_hash: bool = False, progress: bool = True, row_builder: Callable | None = None) -> AblationResult:
+    """:class:`AblateExtension` in one call (the library's and the CLI's entry).
+
+    ``points``: a make-points artefact (folder or key) of the split; ``checkpoint``: a train
+    artefact, key or .pt file (needed by score methods, kmeans on embeddings and ``train`` from the
+    checkpoint). Every input is checked before any work. The table artefact holds
+    ``extension_table.csv``, ``per_class_accuracy.csv``, ``table.txt`` and
+    ``examples/<row>_<image>.png``.
+    """
+    ckpt = Upstream("train", None, resolve_checkpoint(checkpoint, cache)) if checkpoint is not None else None
+    stage = AblateExtension(spec, cfg, cache, Upstream.find(points, cache, "make-points"), ckpt, train,
+                            content_hash=content_hash, progress=progress, row_builder=row_builder or extension_row)
+    return stage.ablate(force)
+
+
+def plan_ablation(spec: DatasetSpec, dataset: SegmentationDataset | None, points_key: str, checkpoint: Path | None,
+                  cfg: AblationConfig, content_hash: bool = False) -> str:
+    """The key :func:`run_ablation` (without ``train``) gives its table artefact, computed without
+    running anything. ``dataset``: the split opened (None: opened here; synthetic needs none);
+    ``checkpoint``: the model.pt file or None."""
+    ckpt = Upstream("train", None, Path(checkpoint)) if checkpoint is not None else None
+    return AblateExtension(spec, cfg, None, Upstream("make-points", points_key, None), ckpt,  # type: ignore[arg-type]
+                           content_hash=content_hash, dataset=dataset).key()
