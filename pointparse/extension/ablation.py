@@ -26,6 +26,7 @@ from ..datasets import Sample, SegmentationDataset
 from ..errors import ConfigError
 from ..evaluate import EvalConfig, predict_logits
 from ..io import safe_name, write_image, write_json
+from ..points import PointSet
 from ..predictor import Predictor
 from .methods import AblationConfig, AblationRow, click_coordinates, get_method
 from .offline import OfflineJob, ordered_map, run_offline_job
@@ -223,7 +224,7 @@ def subset_indices(n: int, limit: int | None) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, n - 1, int(limit))})
 
 
-def extension_row(dataset: SegmentationDataset, points, row: AblationRow, cfg: AblationConfig,
+def extension_row(dataset: SegmentationDataset, points: PointSet, row: AblationRow, cfg: AblationConfig,
                   network: Network | None, out_dir: Path, progress: bool = False) -> dict:
     """Compute one table row over ``dataset`` into ``out_dir``: ``counts.json`` and
     ``examples/<image>.png`` overlays (first ``cfg.examples`` images). Returns the counts dict."""

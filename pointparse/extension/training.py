@@ -17,12 +17,13 @@ from .. import IGNORE_INDEX
 from ..datasets import SegmentationDataset
 from ..errors import ConfigError
 from ..io import safe_name, write_label_png
+from ..points import PointSet
 from ..train_config import TrainConfig
 from .ablation import Network, iter_extended
 from .methods import AblationRow, AblationTrainConfig, get_method
 
 
-def write_offline_labels(dataset: SegmentationDataset, points, row: AblationRow, kmeans_features: str,
+def write_offline_labels(dataset: SegmentationDataset, points: PointSet, row: AblationRow, kmeans_features: str,
                          network: Network | None, out_dir: Path, workers: int = 0, progress: bool = False) -> dict:
     """A folder dataset (``out_dir``, layout of :class:`pointparse.datasets.FolderDataset`) whose
     masks are ``row``'s extended labels of ``dataset`` (255 where unlabelled) and whose images are

@@ -40,7 +40,7 @@ from ..extension.methods import AblationConfig, AblationRow, AblationTrainConfig
 from ..extension.superpixel import SLIC_COMPACTNESS, SUPERPIXEL_RANGE, SUPERPIXELS_PER_CLICK
 from ..extension.table import AblationResult, write_table
 from ..extension.training import row_train_config, write_offline_labels
-from ..points import load_points
+from ..points import PointSet, load_points
 from ..predictor import Predictor, resolve_checkpoint
 from .base import KeyUnknown, PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
 from .evaluate import run_evaluate
@@ -111,7 +111,7 @@ class ExtensionRow(Stage):
     version: ClassVar[int] = 2
 
     ablation: AblateExtension = field(repr=False)
-    row: AblationRow = field()
+    row: AblationRow
 
     @property
     def cache(self) -> StageCache:
@@ -140,7 +140,7 @@ class ExtensionLabels(Stage):
     version: ClassVar[int] = 1
 
     ablation: AblateExtension = field(repr=False)
-    row: AblationRow = field()
+    row: AblationRow
 
     @property
     def cache(self) -> StageCache:
@@ -253,7 +253,7 @@ class AblateExtension(Stage):
         return SplitView(ds, subset_indices(len(ds), self.config.limit))
 
     @cached_property
-    def point_set(self):
+    def point_set(self) -> PointSet:
         return load_points(self.points.require_path())
 
     @cached_property
@@ -288,7 +288,7 @@ class AblateExtension(Stage):
         return self.train_points or Upstream.find(self.train.points, self.cache, "make-points")
 
     @cached_property
-    def train_point_set(self):
+    def train_point_set(self) -> PointSet:
         return load_points(self.train_points_artefact.require_path())
 
     # --- the stage -----------------------------------------------------------------------------
