@@ -23,7 +23,7 @@ from pointparse.dataspec import DatasetSpec, open_spec
 from pointparse.errors import ConfigError, DataError
 from pointparse.extension.ablation import ExtensionCounts, Network, extension_row, iter_extended, online_labels
 from pointparse.extension.kmeans import DenseFeatures, UpsampledFeatures, kmeans_extension, rgbxy_features
-from pointparse.extension.methods import AblationConfig, AblationRow, build_grid
+from pointparse.extension.methods import AblationConfig, AblationRow, AblationTrainConfig, build_grid
 from pointparse.extension.offline import OfflineJob as _OfflineJob
 from pointparse.extension.offline import run_offline_job as _run_offline_job
 from pointparse.extension.superpixel import superpixel_count, superpixel_segments
@@ -31,7 +31,8 @@ from pointparse.extension.table import TABLE_COLUMNS
 from pointparse.model import ModelConfig, build_model
 from pointparse.points import load_points
 from pointparse.simulate import MakePointsConfig
-from pointparse.stages.ablate_extension import run_ablation
+from pointparse.stages.ablate_extension import AblateExtension, run_ablation
+from pointparse.stages.base import KeyUnknown, Upstream
 from pointparse.stages.make_points import run_make_points
 from pointparse.stages.train import run_train
 from pointparse.train_config import TrainConfig
@@ -227,6 +228,25 @@ def test_adding_a_threshold_reruns_only_that_row(cache, val_points, checkpoint):
     calls.clear()
     third = go((0.6, 0.7))
     assert calls == [] and third.table.cached and third.table.path == second.table.path
+
+
+def test_the_plan_gives_the_keys_the_run_writes(cache, val_points, checkpoint, train_points):
+    """One key computation: the table's plan (a dry run) and the rows' runs agree; with --train
+    the table's key is known only after the trainings ran."""
+    cfg = AblationConfig(methods=("region", "score"), thresholds=(0.8,), workers=0, examples=0)
+    points = Upstream.find(val_points, cache, "make-points")
+    stage = AblateExtension(VAL, cfg, cache, points, Upstream("train", None, checkpoint))
+    planned = stage.key()
+    res = run_ablation(checkpoint, VAL, val_points, cfg, cache, progress=False)
+    assert res.table.key == planned
+    unbuilt = AblateExtension(VAL, cfg, cache, points, Upstream("train", "0" * 64, None))
+    with pytest.raises(KeyUnknown):
+        unbuilt.key()  # score needs the checkpoint's bytes
+    region_only = AblateExtension(VAL, AblationConfig(methods=("region",)), cache, points, Upstream("train", None, None))
+    assert region_only.key()  # region needs no checkpoint: known without it
+    train = AblationTrainConfig(points=str(train_points))
+    with pytest.raises(KeyUnknown):
+        AblateExtension(VAL, cfg, cache, points, Upstream("train", None, checkpoint), train).key()
 
 
 def test_cli_writes_table5(cache, val_points, checkpoint, tmp_path):
