@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
-from .cache import StageCache, StageResult, stage_key
+from .cache import StageResult
+from .dataspec import DatasetSpec
 from .errors import ConfigError, PointParseError
-from .stages import DatasetSpec
+from .stages.base import KeyUnknown, PipelineEntry, RunContext, Upstream
+from .stages.registry import STAGE_KINDS
 
 # ------------------------------------------------------------------------------------------------
 # YAML with line numbers
@@ -76,231 +78,6 @@ def _line(d: Any, key: Any = None) -> int:
     return 0
 
 
-# ------------------------------------------------------------------------------------------------
-# stage kinds
-# ------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class StageKind:
-    """What a pipeline stage of one kind accepts and how it runs.
-
-    ``params``: the dataclass its ``params`` mapping builds; ``fields``: the other keys a stage
-    may carry; ``refs``: fields that name other stages (their artefacts feed this one);
-    ``run(stage, upstream, ctx) -> StageResult``.
-    """
-
-    params: type | None
-    fields: tuple[str, ...]
-    refs: tuple[str, ...]
-    run: Callable[["Stage", dict, "RunContext"], StageResult]
-    plan: Callable[["Stage", dict, "RunContext"], str | None] | None = None
-
-
-@dataclass
-class Stage:
-    name: str
-    kind: str
-    spec: dict                      # the stage's YAML mapping (after matrix expansion)
-    params: dict                    # merged defaults + params + matrix values
-    deps: list[str] = field(default_factory=list)
-    line: int = 0
-
-
-@dataclass
-class RunContext:
-    cache: StageCache
-    datasets: dict[str, DatasetSpec]
-    progress: bool = True
-    force: bool = False
-    echo: Callable[[str], None] = print
-
-
-def _dataset_for(stage: Stage, ctx: RunContext, split_field: str = "split", default: str = "train") -> DatasetSpec:
-    base = ctx.datasets[stage.spec["dataset"]]
-    return base.with_split(stage.spec.get(split_field, default))
-
-
-def _run_make_points(stage, up, ctx):
-    from .points import MakePointsConfig
-    from .stages import run_make_points
-
-    return run_make_points(_dataset_for(stage, ctx), MakePointsConfig(**stage.params), ctx.cache, force=ctx.force,
-                           progress=ctx.progress)
-
-
-def _plan_make_points(stage, up, ctx):
-    from .points import MakePointsConfig
-    from .stages import STAGE_VERSIONS, open_spec, plan_make_points
-
-    spec = _dataset_for(stage, ctx)
-    ds = None if spec.kind == "synthetic" else open_spec(spec, ctx.cache, progress=False)
-    params, inputs = plan_make_points(spec, MakePointsConfig(**stage.params), ds)
-    return stage_key("make-points", STAGE_VERSIONS["make-points"], params, inputs)
-
-
-def _train_cfg(stage):
-    from .train import TrainConfig
-
-    return TrainConfig.from_dict(stage.params)
-
-
-def _run_train(stage, up, ctx):
-    from .evaluate import EvalConfig
-    from .stages import run_train
-
-    pts = up.get("points")
-    return run_train(_dataset_for(stage, ctx), _train_cfg(stage), ctx.cache,
-                     points=pts[0].path if pts else None, val_split=stage.spec.get("val_split"),
-                     eval_cfg=EvalConfig(**stage.spec.get("eval", {})), gpus=int(stage.spec.get("gpus", 0)),
-                     torchrun_args=stage.spec.get("torchrun_args"), force=ctx.force, progress=ctx.progress)
-
-
-def _plan_train(stage, up, ctx):
-    from .evaluate import EvalConfig
-    from .stages import STAGE_VERSIONS, open_spec, plan_train
-
-    cfg = _train_cfg(stage)
-    points_key = None
-    if cfg.supervision == "points":
-        keys = up.get("points")
-        if not keys or keys[0] is None:
-            return None
-        points_key = keys[0]
-    spec = _dataset_for(stage, ctx)
-    ds = None if spec.kind == "synthetic" else open_spec(spec, ctx.cache, progress=False)
-    params, inputs = plan_train(spec, ds, cfg, points_key, stage.spec.get("val_split"),
-                                EvalConfig(**stage.spec.get("eval", {})))
-    return stage_key("train", STAGE_VERSIONS["train"], params, inputs)
-
-
-def _run_evaluate(stage, up, ctx):
-    from .evaluate import EvalConfig
-    from .stages import run_evaluate
-
-    return run_evaluate(up["checkpoint"][0].path, _dataset_for(stage, ctx, default="val"),
-                        EvalConfig(**stage.params), ctx.cache, force=ctx.force, progress=ctx.progress)
-
-
-def _plan_evaluate(stage, up, ctx):
-    from .evaluate import EvalConfig
-    from .stages import STAGE_VERSIONS, open_spec, plan_evaluate
-
-    train_dir = _cached_path(ctx, "train", up["checkpoint"][0])
-    if train_dir is None:
-        return None
-    spec = _dataset_for(stage, ctx, default="val")
-    params, inputs = plan_evaluate(spec, open_spec(spec, ctx.cache, progress=False), train_dir / "model.pt",
-                                   EvalConfig(**stage.params))
-    return stage_key("evaluate", STAGE_VERSIONS["evaluate"], params, inputs)
-
-
-def _eval_params():
-    from .evaluate import EvalConfig
-
-    return EvalConfig
-
-
-def _train_params():
-    from .train import TrainConfig
-
-    return TrainConfig
-
-
-def _points_params():
-    from .points import MakePointsConfig
-
-    return MakePointsConfig
-
-
-def _run_ablate(stage, up, ctx):
-    from .ablation import AblationConfig, AblationTrainConfig, run_ablation
-
-    train = stage.spec.get("train")
-    tcfg = None
-    if train is not None:
-        tp = up.get("train_points")
-        tcfg = AblationTrainConfig(**{**train, "points": str(tp[0].path) if tp else train.get("points")})
-    ckpt = up.get("checkpoint")
-    res = run_ablation(ckpt[0].path if ckpt else None, _dataset_for(stage, ctx, default="val"), up["points"][0].path,
-                       AblationConfig(**stage.params), ctx.cache, train=tcfg, force=ctx.force, progress=ctx.progress)
-    return res.table
-
-
-def _run_report(stage, up, ctx):
-    from .report import ReportConfig, run_report
-
-    # a matrix stage (several seeds) is one row of the report, over all its artefacts
-    runs = {label: [str(r.path) for r in results] if len(results) > 1 else str(results[0].path)
-            for label, results in up["runs"].items()}
-    ext = up.get("extension")
-    dataset = _dataset_for(stage, ctx, default="val") if stage.spec.get("dataset") else None
-    cfg = ReportConfig(**stage.params)
-    return run_report(runs, ctx.cache, extension=ext[0].path if ext else None,
-                      qualitative_images=cfg.qualitative_images, dataset=dataset, device=cfg.device, force=ctx.force)
-
-
-def _cached_path(ctx: RunContext, stage: str, key: str | None) -> Path | None:
-    return ctx.cache.lookup(stage, key) if key is not None else None
-
-
-def _plan_ablate(stage, up, ctx):
-    from .ablation import AblationConfig, plan_ablation
-    from .stages import open_spec
-
-    if stage.spec.get("train") is not None:
-        return None  # the table's key depends on the trained models' keys: known once they exist
-    checkpoint = None
-    if up.get("checkpoint"):
-        train_dir = _cached_path(ctx, "train", up["checkpoint"][0])
-        if train_dir is None:
-            return None
-        checkpoint = train_dir / "model.pt"
-    points_key = up["points"][0]
-    if points_key is None:
-        return None
-    spec = _dataset_for(stage, ctx, default="val")
-    return plan_ablation(spec, open_spec(spec, ctx.cache, progress=False), points_key, checkpoint,
-                         AblationConfig(**stage.params))
-
-
-def _plan_report(stage, up, ctx):
-    from .report import ReportConfig, plan_report
-
-    runs = {}
-    for label, keys in up["runs"].items():
-        paths = [_cached_path(ctx, "train", k) or _cached_path(ctx, "evaluate", k) for k in keys]
-        if any(p is None for p in paths):
-            return None
-        runs[label] = [str(p) for p in paths] if len(paths) > 1 else str(paths[0])
-    ext = None
-    if up.get("extension"):
-        ext = _cached_path(ctx, "ablate-extension", up["extension"][0])
-        if ext is None:
-            return None
-    dataset = _dataset_for(stage, ctx, default="val") if stage.spec.get("dataset") else None
-    return plan_report(runs, ctx.cache, ext, ReportConfig(**stage.params).qualitative_images, dataset)
-
-
-def stage_kinds() -> dict[str, StageKind]:
-    """The registry of pipeline stage kinds (built on call: no import-time work)."""
-    from .ablation import AblationConfig
-    from .report import ReportConfig
-
-    return {
-        "make-points": StageKind(_points_params(), ("dataset", "split"), (), _run_make_points, _plan_make_points),
-        "train": StageKind(_train_params(), ("dataset", "split", "points", "val_split", "eval", "gpus",
-                                             "torchrun_args"), ("points",), _run_train, _plan_train),
-        "evaluate": StageKind(_eval_params(), ("dataset", "split", "checkpoint"), ("checkpoint",), _run_evaluate,
-                             _plan_evaluate),
-        # train: a mapping of AblationTrainConfig fields; its clicks come from the train_points stage
-        "ablate-extension": StageKind(AblationConfig, ("dataset", "split", "train"),
-                                      ("checkpoint", "points", "train_points"), _run_ablate, _plan_ablate),
-        # runs: {table row name: train or evaluate stage}; dataset/split: the qualitative grid's images
-        "report": StageKind(ReportConfig, ("dataset", "split"), ("runs", "extension"), _run_report, _plan_report),
-    }
-
-
 COMMON_FIELDS = ("kind", "params", "matrix", "after")
 
 
@@ -314,7 +91,7 @@ class Pipeline:
     path: Path
     name: str
     datasets: dict[str, DatasetSpec]
-    stages: dict[str, Stage]          # expanded, in file order
+    stages: dict[str, PipelineEntry]  # expanded, in file order
     order: list[str]                  # dependency order
 
 
@@ -372,7 +149,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         if doc.get(k) is not None and not isinstance(doc[k], dict):
             err(_line(doc, k), f"{k!r} must be a mapping (name: ...), got a {type(doc[k]).__name__}")
             doc[k] = None
-    kinds = stage_kinds()
+    kinds = STAGE_KINDS
     datasets: dict[str, DatasetSpec] = {}
     for name, d in (doc.get("datasets") or {}).items():
         if not isinstance(d, dict) or "kind" not in d:
@@ -394,7 +171,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     raw_stages = doc.get("stages") or {}
     if not raw_stages:
         err(_line(doc), "the pipeline has no stages")
-    stages: dict[str, Stage] = {}
+    stages: dict[str, PipelineEntry] = {}
     groups: dict[str, list[str]] = {}
     for name, s in raw_stages.items():
         line = _line(raw_stages, name)
@@ -424,6 +201,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
                 err(line, f"stage {name!r}: needs 'dataset' (one of: {', '.join(datasets) or 'none defined'})")
             elif ds is not None and ds not in datasets:
                 err(_line(s, "dataset"), f"stage {name!r}: unknown dataset {ds!r}; defined: {', '.join(datasets) or 'none'}")
+        for f in sk.required:
+            if s.get(f) is None:
+                err(line, f"stage {name!r}: a {kind} stage needs {f!r}")
         base = dict(defaults.get(kind) or {})
         base.update(s.get("params") or {})
         matrix = s.get("matrix") or {}
@@ -435,8 +215,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for combo in combos:
             params = {**base, **combo}
             sname = name if not combo else f"{name}[{','.join(f'{k}={v}' for k, v in combo.items())}]"
-            if sk.params is not None:
-                valid = {f.name for f in dataclasses.fields(sk.params)}
+            if sk.params_type is not None:
+                valid = {f.name for f in dataclasses.fields(sk.params_type)}
                 for p in params:
                     if p not in valid:
                         where = _line(s.get("params") or {}, p) or _line(matrix, p) or _line(defaults.get(kind) or {}, p) or line
@@ -444,12 +224,12 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
                         break
                 else:
                     try:
-                        sk.params(**params)
+                        sk.params_type(**params)
                     except PointParseError as exc:
                         err(line, f"stage {sname!r}: {exc}")
                     except TypeError as exc:
                         err(line, f"stage {sname!r}: {exc}")
-            stages[sname] = Stage(sname, kind, s, params, line=line)
+            stages[sname] = PipelineEntry(sname, kind, s, params, line=line)
             names.append(sname)
         groups[name] = names
     # references
@@ -491,7 +271,7 @@ def _mapping(node: dict, key: str, where: str, err) -> bool:
     return False
 
 
-def _toposort(stages: dict[str, Stage], err) -> list[str]:
+def _toposort(stages: dict[str, PipelineEntry], err) -> list[str]:
     indeg = {n: 0 for n in stages}
     users: dict[str, list[str]] = {n: [] for n in stages}
     for s in stages.values():
@@ -519,23 +299,24 @@ def _toposort(stages: dict[str, Stage], err) -> list[str]:
 # ------------------------------------------------------------------------------------------------
 
 
-def _upstream(stage: Stage, values: dict[str, Any], kinds: dict[str, StageKind]) -> dict[str, list]:
-    """Map each ref field to the upstream results (or keys) it names, in order."""
+def _upstream(entry: PipelineEntry, done: dict[str, Upstream]) -> dict[str, Any]:
+    """Map each ref field to the upstream artefacts it names, in order (a mapping ref such as the
+    report's ``runs`` gives ``{label: [Upstream]}``; a matrix stage under one label one entry per
+    expansion, ``label[k=v,...]``)."""
     out: dict[str, Any] = {}
-    for r in kinds[stage.kind].refs:
-        v = stage.spec.get(r)
+    for r in STAGE_KINDS[entry.kind].refs:
+        v = entry.spec.get(r)
         if v is None:
             continue
         if isinstance(v, dict):
-            # a matrix stage named under one label gives one entry per expansion: label[k=v,...]
             out[r] = {}
             for label, t in v.items():
-                names = _expand(t, values)
+                names = _expand(t, done)
                 for n in names:
-                    out[r][label if len(names) == 1 else label + n[len(t):]] = [values[n]]
+                    out[r][label if len(names) == 1 else label + n[len(t):]] = [done[n]]
         else:
             targets = v if isinstance(v, list) else [v]
-            out[r] = [values[n] for t in targets for n in _expand(t, values)]
+            out[r] = [done[n] for t in targets for n in _expand(t, done)]
     return out
 
 
@@ -544,32 +325,29 @@ def _expand(group: str, values: dict) -> list[str]:
 
 
 def plan(pipe: Pipeline, ctx: RunContext) -> list[tuple[str, str, str | None]]:
-    """For ``--dry-run``: (stage, 'cached' | 'will run', key or None) in execution order."""
-    kinds = stage_kinds()
-    keys: dict[str, str | None] = {}
+    """For ``--dry-run``: (stage, 'cached' | 'will run', key or None) in execution order.
+
+    Each key is :meth:`pointparse.stages.base.Stage.key` of the stage the run would build: the same
+    computation as the run's, so what the dry run says is cached is what the run reuses."""
+    planned: dict[str, Upstream] = {}
     rows = []
     for name in pipe.order:
-        st = pipe.stages[name]
-        sk = kinds[st.kind]
-        key = None
-        if sk.plan is not None and all(keys.get(d) is not None for d in st.deps):
-            key = sk.plan(st, _upstream(st, keys, kinds), ctx)
-        keys[name] = key
-        status = "cached" if key is not None and ctx.cache.lookup(_stage_dir(st.kind), key) else "will run"
-        if key is None and st.deps and all(keys.get(d) is not None and r[1] == "cached"
-                                           for d in st.deps for r in rows if r[0] == d):
+        entry = pipe.stages[name]
+        kind = STAGE_KINDS[entry.kind]
+        try:
+            key = kind.from_pipeline(entry, _upstream(entry, planned), ctx).key()
+        except KeyUnknown:
+            key = None
+        planned[name] = Upstream.planned(kind.name, key, ctx.cache)
+        status = "cached" if planned[name].path is not None else "will run"
+        if key is None and entry.deps and all(planned[d].path is not None for d in entry.deps):
             status = "will run (key known after its inputs are read)"
         rows.append((name, status, key))
     return rows
 
 
-def _stage_dir(kind: str) -> str:
-    return kind
-
-
 def run_pipeline(pipe: Pipeline, ctx: RunContext, only: list[str] | None = None) -> dict[str, StageResult]:
     """Run every stage (or ``only`` these and what they need) in dependency order."""
-    kinds = stage_kinds()
     needed = set(pipe.order)
     if only:
         unknown = [o for o in only if not _expand(o, {n: None for n in pipe.order})]
@@ -583,14 +361,15 @@ def run_pipeline(pipe: Pipeline, ctx: RunContext, only: list[str] | None = None)
                 needed.add(n)
                 stack += pipe.stages[n].deps
     results: dict[str, StageResult] = {}
+    done: dict[str, Upstream] = {}
     todo = [n for n in pipe.order if n in needed]
     for i, name in enumerate(todo, 1):
-        st = pipe.stages[name]
-        ctx.echo(f"[{i}/{len(todo)}] {name} ({st.kind})")
-        res = kinds[st.kind].run(st, _upstream(st, results, kinds), ctx)
-        results[name] = res
-        state = "cached" if res.cached else "done"
-        ctx.echo(f"      {state}: {res.path}")
+        entry = pipe.stages[name]
+        ctx.echo(f"[{i}/{len(todo)}] {name} ({entry.kind})")
+        stage = STAGE_KINDS[entry.kind].from_pipeline(entry, _upstream(entry, done), ctx)
+        res = stage.pipeline_result(ctx.force)
+        results[name], done[name] = res, Upstream.of(res)
+        ctx.echo(f"      {'cached' if res.cached else 'done'}: {res.path}")
     return results
 
 

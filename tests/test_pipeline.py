@@ -165,6 +165,38 @@ def test_every_stage_kind_runs_and_the_dry_run_knows_every_key(tmp_path):
     assert report.parent.name.startswith(next(ln[2] for ln in lines if ln[0] == "report"))
 
 
+def test_the_dry_run_key_of_every_kind_is_the_key_the_run_writes(tmp_path):
+    """Issue 13: a dry run and a run compute a stage's key on one path (Stage.plan), for every
+    kind: before the run each key is either unknown (an input is not built yet) or the one the run
+    then writes; after it every key is known and is the artefact's."""
+    from pointparse.clicks import export_points
+    from pointparse.stages.registry import STAGE_KINDS
+
+    cache = StageCache(tmp_path / "c")
+    first = load_pipeline(_write(tmp_path, FULL))
+    ctx = RunContext(cache=cache, datasets=first.datasets, progress=False, echo=lambda s: None)
+    points = run_pipeline(first, ctx, only=["points"])["points"]
+    clicks = export_points(points.path, "text", tmp_path / "clicks.txt")  # human clicks, as a tool exports them
+    pipe = load_pipeline(_write(tmp_path, FULL + f"""
+  imported: {{kind: import-clicks, dataset: scenes, clicks: {clicks}, params: {{format: text}}}}
+  from_clicks:
+    kind: train
+    dataset: scenes
+    points: imported
+    params: {{pdml: false}}
+"""))
+    assert {st.kind for st in pipe.stages.values()} == set(STAGE_KINDS)  # a new kind must join this test
+    before = {name: key for name, _, key in plan(pipe, ctx)}
+    results = run_pipeline(pipe, ctx)
+    after = {name: key for name, _, key in plan(pipe, ctx)}
+    written = {name: res.key for name, res in results.items()}
+    assert after == written
+    assert all(before[n] in (None, written[n]) for n in written), (before, written)
+    # known before the run: every stage whose inputs are keys, not built files
+    assert all(before[n] == written[n] for n in ("points", "val_points", "imported", "pdml", "plain", "full"))
+    assert all(res.path == cache.lookup(res.stage, res.key) for res in results.values())
+
+
 BASE = """\
 datasets:
   scenes: {kind: synthetic, options: {seed: 0, size: 32}}
@@ -184,6 +216,9 @@ stages:
     (BASE + "defaults: {train: [1]}\n", "'train' must be a mapping"),
     ("datasets: [a]\nstages: {}\n", "'datasets' must be a mapping"),
     ("stages: [a, b]\n", "'stages' must be a mapping"),
+    (BASE + "  imp: {kind: import-clicks, dataset: scenes, params: {format: text}}\n", "needs 'clicks'"),
+    (BASE + "  imp: {kind: import-clicks, dataset: scenes, clicks: c.txt, params: {format: yolo}}\n",
+     "unknown click format 'yolo'"),
 ])
 def test_malformed_pipelines_are_one_clear_error(tmp_path, text, expected):
     """A list where a mapping belongs, or `after: points` as a string, is one message naming the

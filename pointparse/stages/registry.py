@@ -1,0 +1,15 @@
+"""The stage kinds a pipeline file may name (``kind:``), by name."""
+
+from __future__ import annotations
+
+from .ablate_extension import AblateExtension
+from .base import Stage
+from .evaluate import Evaluate
+from .import_clicks import ImportClicks
+from .make_points import MakePoints
+from .report import Report
+from .train import Train
+
+
+STAGE_KINDS: dict[str, type[Stage]] = {cls.name: cls for cls in (MakePoints, ImportClicks, Train, Evaluate,
+                                                                  AblateExtension, Report)}
