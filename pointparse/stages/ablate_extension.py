@@ -24,173 +24,26 @@ import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Callable, ClassVar
 
 import pandas as pd
 
 from ..cache import StageCache, StageResult
 from ..keys import content_fingerprint
-from ..dataspec import SYNTHETIC_KIND, DatasetSpec, class_difference, dataset_fingerprint, open_spec
+from ..dataspec import SYNTHETIC_KIND, DatasetSpec, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
-from ..errors import ConfigError, DataError
-from ..evaluate import EvalConfig, evaluate_model, write_metrics
+from ..errors import ConfigError
+from ..evaluate import EvalConfig
 from ..extension.ablation import Network, SplitView, extension_row, subset_indices
-from ..extension.kmeans import KMEANS_MAX_ITER
 from ..extension.methods import AblationConfig, AblationRow, AblationTrainConfig, get_method
-from ..extension.superpixel import SLIC_COMPACTNESS, SUPERPIXEL_RANGE, SUPERPIXELS_PER_CLICK
 from ..extension.table import AblationResult, write_table
-from ..extension.training import row_train_config, write_offline_labels
 from ..points import PointSet, load_points
-from ..predictor import Predictor, resolve_checkpoint
+from ..predictor import resolve_checkpoint
 from .base import KeyUnknown, PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
+from .extension_rows import (AblationEvaluate, ExtensionLabels, ExtensionRow, check_dense, check_network,
+                             check_points_cover, row_train_config)
 from .evaluate import run_evaluate
-from .train import check_points_match, run_train
-
-# ------------------------------------------------------------------------------------------------
-# input checks (before any work)
-# ------------------------------------------------------------------------------------------------
-
-
-def check_points_cover(points, dataset: SegmentationDataset, points_path: Path) -> None:
-    """The points artefact must have the dataset's classes and every used image, at its size."""
-    check_points_match(points.info, dataset, points_path)
-    names = set(points.names)
-    missing = [n for n in dataset.names if n not in names]
-    made_for = points.meta.get("split")
-    hint = f" (it was made for split {made_for!r}; run make-points on split {dataset.split!r})" if made_for else ""
-    if len(missing) == len(dataset.names):
-        raise DataError(points_path, f"holds none of the {len(dataset)} images of split {dataset.split!r}{hint}")
-    if missing:
-        raise DataError(points_path, f"has no clicks for {len(missing)} of the {len(dataset)} images of split "
-                                     f"{dataset.split!r}, e.g. {missing[0]!r}{hint}")
-    for i, name in enumerate(dataset.names):
-        if tuple(points.image_sizes[name]) != tuple(dataset.image_size(i)):
-            (h, w), (ph, pw) = dataset.image_size(i), points.image_sizes[name]
-            raise DataError(points_path, f"image {name!r} is {pw}x{ph} in the points but {w}x{h} in "
-                                         f"{dataset.image_path(i)}: points from another dataset?")
-
-
-def check_dense(dataset: SegmentationDataset) -> None:
-    if not dataset.has_dense_labels:
-        raise DataError(dataset.root, f"split {dataset.split!r} has no dense ground truth; the extension "
-                                      "accuracy needs a split with dense masks (e.g. --split val)")
-
-
-def check_network(network: Network, dataset: SegmentationDataset) -> None:
-    if tuple(network.info.classes) != tuple(dataset.info.classes):
-        raise DataError(network.path, f"the checkpoint predicts {network.info.num_classes} classes "
-                                      f"({network.info.protocol}) but split {dataset.split!r} of {dataset.root} has "
-                                      f"{dataset.info.num_classes} ({dataset.info.protocol}): "
-                                      f"{class_difference(network.info.classes, dataset.info.classes)}")
-
-
-# ------------------------------------------------------------------------------------------------
-# the sub-stages
-# ------------------------------------------------------------------------------------------------
-
-
-def row_params(row: AblationRow, cfg: AblationConfig) -> dict:
-    """What a row's labels depend on besides its inputs: the row, the method's constants, and the
-    used images / overlays (``limit``, ``examples``)."""
-    p: dict[str, Any] = {"row": dataclasses.asdict(row), "limit": cfg.limit, "examples": int(cfg.examples)}
-    if row.method == "superpixel":
-        p["superpixel"] = {"per_click": SUPERPIXELS_PER_CLICK, "range": list(SUPERPIXEL_RANGE),
-                           "compactness": SLIC_COMPACTNESS}
-    if row.method == "kmeans":
-        p["kmeans"] = {"features": cfg.kmeans_features, "max_iter": KMEANS_MAX_ITER}
-    if get_method(row.method).threshold:
-        p["inference"] = {"window": 0, "flip": False, "amp": "off"}
-    return p
-
-
-@dataclass
-class ExtensionRow(Stage):
-    """One row of ``ablation``'s table: ``counts.json`` and ``examples/<image>.png``."""
-
-    name: ClassVar[str] = "extension-row"
-    version: ClassVar[int] = 2
-
-    ablation: AblateExtension = field(repr=False)
-    row: AblationRow
-
-    @property
-    def cache(self) -> StageCache:
-        return self.ablation.cache
-
-    def plan(self):
-        a = self.ablation
-        inputs = {"dataset": a.dataset_fp, "points": a.points.require_key()}
-        if get_method(self.row.method).needs_network(a.config.kmeans_features):
-            inputs["checkpoint"] = a.checkpoint_fp
-        return row_params(self.row, a.config), inputs
-
-    def build(self, tmp: Path) -> dict:
-        a = self.ablation
-        doc = a.row_builder(a.view, a.point_set, self.row, a.config, a.network, tmp, a.progress)
-        return {"summary": {"label": self.row.label, **{k: doc["totals"][k] for k in
-                                                       ("accuracy", "coverage", "new_pixels_per_image")}}}
-
-
-@dataclass
-class ExtensionLabels(Stage):
-    """An offline row's (superpixel, kmeans) labels of the training split, as a folder dataset in
-    ``data/`` (:func:`pointparse.extension.training.write_offline_labels`)."""
-
-    name: ClassVar[str] = "extension-labels"
-    version: ClassVar[int] = 1
-
-    ablation: AblateExtension = field(repr=False)
-    row: AblationRow
-
-    @property
-    def cache(self) -> StageCache:
-        return self.ablation.cache
-
-    def plan(self):
-        a = self.ablation
-        inputs = {"dataset": a.train_dataset_fp, "points": a.train_points_artefact.require_key()}
-        if get_method(self.row.method).needs_network(a.config.kmeans_features):
-            inputs["checkpoint"] = a.checkpoint_fp
-        return {k: v for k, v in row_params(self.row, a.config).items() if k not in ("limit", "examples")}, inputs
-
-    def build(self, tmp: Path) -> dict:
-        a = self.ablation
-        s = write_offline_labels(a.train_dataset, a.train_point_set, self.row, a.config.kmeans_features, a.network,
-                                 tmp / "data", a.config.workers, a.progress)
-        return {"summary": s}
-
-
-@dataclass
-class AblationEvaluate(Stage):
-    """``evaluate`` of ``checkpoint`` (a model.pt) on the images of ``view`` only (``--limit``)."""
-
-    name: ClassVar[str] = "ablation-evaluate"
-    version: ClassVar[int] = 1
-
-    checkpoint: Path
-    spec: DatasetSpec
-    view: SplitView
-    dataset_fp: dict
-    device: str
-    cache: StageCache
-    progress: bool = True
-
-    @property
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(workers=0, device=self.device)
-
-    def plan(self):
-        params = {"eval": dataclasses.replace(self.eval_config, device=""), "indices": self.view.indices}
-        return params, {"dataset": self.dataset_fp, "checkpoint": content_fingerprint(self.checkpoint)}
-
-    def build(self, tmp: Path) -> dict:
-        pred = Predictor.from_checkpoint(self.checkpoint, self.device)
-        info = pred.info
-        metrics, cm = evaluate_model(pred.model, self.view, info.num_classes, self.eval_config, pred.device,
-                                     list(pred.mean), list(pred.std), progress=self.progress)
-        d = write_metrics(tmp, metrics, cm, info, {"split": self.spec.split, "images": len(self.view)})
-        return {"summary": {"miou": d["miou"], "pixel_acc": d["pixel_acc"]}, "checkpoint": str(self.checkpoint)}
-
+from .train import run_train
 
 # ------------------------------------------------------------------------------------------------
 # the table

@@ -1,13 +1,12 @@
-"""Training on a table row's labels (``ablate-extension --train``).
+"""An offline row's labels as a dataset to train on (``ablate-extension --train``).
 
 Offline methods (superpixel, kmeans) become a folder dataset of full masks
 (:func:`write_offline_labels`) trained with full-mask CE; online methods train from the clicks
-with that extension mode. :func:`row_train_config` is the training configuration of a row.
+with that extension mode (the configuration of either: :func:`pointparse.stages.extension_rows.row_train_config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -15,12 +14,10 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..datasets import SegmentationDataset
-from ..errors import ConfigError
 from ..io import safe_name, write_label_png
 from ..points import PointSet
-from ..train_config import TrainConfig
 from .ablation import Network, iter_extended
-from .methods import AblationRow, AblationTrainConfig, get_method
+from .methods import AblationRow
 
 
 def write_offline_labels(dataset: SegmentationDataset, points: PointSet, row: AblationRow, kmeans_features: str,
@@ -47,25 +44,3 @@ def write_offline_labels(dataset: SegmentationDataset, points: PointSet, row: Ab
         new += int(np.count_nonzero((labels != IGNORE_INDEX) & (cmap == IGNORE_INDEX)))
     return {"images": len(dataset), "new_pixels_per_image": new / max(len(dataset), 1),
             "labelled_pixels_per_image": labelled / max(len(dataset), 1)}
-
-
-def row_train_config(row: AblationRow, train: AblationTrainConfig, network: Network | None,
-                     device: str) -> TrainConfig:
-    """The configuration that trains on ``row``'s labels: the checkpoint's own training
-    configuration (or the defaults without one) with ``train``'s schedule; online rows train from
-    clicks with the row's extension, offline rows on full masks without PDML."""
-    base = TrainConfig.from_dict(network.predictor.train_config) if network is not None else TrainConfig()
-    common = dict(epochs=int(train.epochs), batch_size=int(train.batch_size), crop_size=int(train.crop_size),
-                  workers=train.workers, device=device, extension_start_epoch=0,
-                  lr=float(train.lr) if train.lr is not None else base.lr)
-    if train.init == "checkpoint":
-        if network is None:
-            raise ConfigError("--train with init=checkpoint needs a checkpoint")
-        common["weights"] = str(network.path)
-    elif base.weights != "imagenet":
-        common["weights"] = "imagenet"
-    if get_method(row.method).online:
-        return dataclasses.replace(base, supervision="points", extension=row.method,
-                                   threshold=row.threshold if row.threshold is not None else base.threshold,
-                                   region=row.region if row.region is not None else base.region, **common)
-    return dataclasses.replace(base, supervision="full", pdml=False, extension="none", **common)
