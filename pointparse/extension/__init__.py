@@ -12,8 +12,9 @@ Offline (computed once, before training) and their comparison, the paper's Table
   and the ablation's configuration;
 * ``superpixel``: SLIC superpixels; ``kmeans``: K-means seeded at the clicks (dense and
   upsampled features); ``offline``: both over images in worker processes;
-* ``ablation``: one method over a dataset split (inference, counts, overlays, the offline labels
-  a model trains on); ``table``: the table assembled, formatted and copied.
+* ``ablation``: one method over a dataset split (inference, counts, overlays); ``labels``: an
+  offline row's labels as a folder dataset a model trains on; ``table``: the table assembled,
+  formatted and copied.
 
 The cached stage that runs all of it is :mod:`pointparse.stages.ablate_extension`. This package
 imports only ``online`` here, so the trainer does not load the ablation's modules.
