@@ -1,7 +1,9 @@
 """Which dataset split a stage reads (:class:`DatasetSpec`), how to open it and how it enters a key.
 
 The kind ``synthetic`` needs no root: its scenes are the cached ``scenes`` stage, generated from
-the options (the fields of :class:`pointparse.synthetic.SyntheticConfig`).
+the options (the fields of :class:`pointparse.synthetic.SyntheticConfig`). That stage is written
+here with the cache's own ``run`` (not as a :class:`pointparse.stages.base.Stage`), so this
+module, which the report and the stages share, stays below the stage layer.
 """
 
 from __future__ import annotations
@@ -9,13 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 from .cache import StageCache, StageResult
 from .datasets import DATASET_KINDS, SegmentationDataset, open_dataset
 from .errors import ConfigError, unknown_choice
-from .keys import fingerprint_files
-from .stages.base import Stage
+from .keys import fingerprint_files, stage_key
 from .synthetic import SyntheticConfig, generate_scenes
 
 SYNTHETIC_KIND = "synthetic"
@@ -38,44 +38,39 @@ def dataset_kinds() -> list[str]:
     return sorted([*DATASET_KINDS, SYNTHETIC_KIND])
 
 
-@dataclass
-class Scenes(Stage):
-    """The ``scenes`` stage: synthetic scenes generated from a :class:`SyntheticConfig`."""
+#: the cached stage that generates synthetic scenes (not a pipeline kind: specs name it), and its version
+SCENES_STAGE = "scenes"
+SCENES_VERSION = 1
 
-    name: ClassVar[str] = "scenes"
-    version: ClassVar[int] = 1
 
-    config: SyntheticConfig
-    cache: StageCache | None = None
-
-    @classmethod
-    def from_options(cls, options: dict, cache: StageCache | None = None) -> "Scenes":
-        valid = {f.name for f in dataclasses.fields(SyntheticConfig)}
-        bad = [k for k in options if k not in valid]
-        if bad:
-            raise ConfigError(f"synthetic dataset takes no option(s) {bad}; valid options: {', '.join(sorted(valid))}")
-        opts = dict(options)
-        for k in ("size", "instances"):  # YAML lists, tuples in the config (the key hashes either alike)
-            if isinstance(opts.get(k), list):
-                opts[k] = tuple(opts[k])
-        return cls(SyntheticConfig(**opts), cache)
-
-    def plan(self):
-        return self.config, {}
-
-    def build(self, tmp: Path) -> dict:
-        generate_scenes(tmp / "scenes", self.config)
-        return {}
+def scenes_plan(options: dict) -> tuple[SyntheticConfig, dict]:
+    """(params, inputs) of the ``scenes`` stage: the :class:`SyntheticConfig` the options describe
+    (nothing else: the scenes are a pure function of it). The run and the key share it."""
+    valid = {f.name for f in dataclasses.fields(SyntheticConfig)}
+    bad = [k for k in options if k not in valid]
+    if bad:
+        raise ConfigError(f"synthetic dataset takes no option(s) {bad}; valid options: {', '.join(sorted(valid))}")
+    opts = dict(options)
+    for k in ("size", "instances"):  # YAML lists, tuples in the config (the key hashes either alike)
+        if isinstance(opts.get(k), list):
+            opts[k] = tuple(opts[k])
+    return SyntheticConfig(**opts), {}
 
 
 def synthetic_root(options: dict, cache: StageCache) -> StageResult:
     """Generate (or reuse) synthetic scenes in the cache; returns the ``scenes`` artefact."""
-    return Scenes.from_options(options, cache).run()
+    config, inputs = scenes_plan(options)
+
+    def build(tmp: Path) -> dict:
+        generate_scenes(tmp / "scenes", config)
+        return {}
+
+    return cache.run(SCENES_STAGE, SCENES_VERSION, config, inputs, build)
 
 
 def scenes_key(options: dict) -> str:
     """The cache key of the synthetic scenes an options dict describes (no generation needed)."""
-    return Scenes.from_options(options).key()
+    return stage_key(SCENES_STAGE, SCENES_VERSION, *scenes_plan(options))
 
 
 def open_spec(spec: DatasetSpec, cache: StageCache) -> SegmentationDataset:
