@@ -23,9 +23,12 @@ def unwrap(model: torch.nn.Module) -> PointParseNet:
 
 
 def save_checkpoint(path: Path, obj: dict) -> None:
-    """Atomic ``torch.save``: a killed run never leaves a truncated checkpoint."""
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
+    """Atomic ``torch.save``: a killed run never leaves a truncated checkpoint. Written through a
+    file object, so the zip's inner folder is ``archive/`` and not the random temporary file name:
+    the same weights give the same bytes, and so the same evaluate/ablation keys (which fingerprint
+    a checkpoint by its bytes) when a run is repeated."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -92,3 +92,16 @@ def test_from_checkpoint_gives_the_logits_of_the_model_built_by_hand(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(pred.model(got)["logits"], model(x)["logits"], rtol=0, atol=0)
     assert info == pred.info
+
+
+def test_the_same_checkpoint_saved_twice_has_the_same_bytes(tmp_path):
+    """Evaluate and the ablation key a checkpoint by its bytes: a repeated run that trains the same
+    weights must write the same file (torch.save into a path would embed the temporary name)."""
+    import torch
+
+    from pointparse.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+
+    obj = {"format": CHECKPOINT_FORMAT, "model": {"w": torch.arange(6.0).reshape(2, 3)}}
+    save_checkpoint(tmp_path / "a" / "model.pt", obj)
+    save_checkpoint(tmp_path / "b" / "model.pt", obj)
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
