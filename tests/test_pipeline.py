@@ -239,3 +239,15 @@ def test_a_non_utf8_pipeline_file_is_one_error(tmp_path):
     path.write_bytes(b"name: caf\xe9\nstages: {}\n")
     res = CliRunner().invoke(main, ["run", str(path), "--dry-run"])
     assert res.exit_code != 0 and "not a UTF-8 text file" in res.output and str(path) in res.output
+
+
+def test_every_stage_the_package_writes_is_one_cache_clear_accepts():
+    """`cache --clear NAME` checks names against cache.KNOWN_STAGES (the cache module sits below the
+    stages, so it cannot ask them): every stage kind and sub-stage must be listed there."""
+    from pointparse.cache import KNOWN_STAGES
+    from pointparse.dataspec import SCENES_STAGE
+    from pointparse.stages.extension_rows import AblationEvaluate, ExtensionLabels, ExtensionRow
+    from pointparse.stages.registry import STAGE_KINDS
+
+    written = {*STAGE_KINDS, SCENES_STAGE, ExtensionRow.name, ExtensionLabels.name, AblationEvaluate.name}
+    assert written == set(KNOWN_STAGES)
