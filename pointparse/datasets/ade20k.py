@@ -10,7 +10,7 @@ import numpy as np
 from .. import IGNORE_INDEX
 from ..errors import DataError
 from ..io import list_images, read_rgb_label
-from .base import SegmentationDataset, check_instance_size, check_raw_range, label_lut, pair_by_stem, require_dir
+from .base import StemPairedDataset, check_instance_size, check_raw_range, label_lut, pair_by_stem, require_dir
 from .classes import DatasetInfo, load_descriptor
 
 #: accepted split names -> ADEChallengeData2016 folder names
@@ -59,7 +59,7 @@ def ade20k_instances(rgb: np.ndarray, mask: np.ndarray, path: Path | None = None
     return inst
 
 
-class ADE20KDataset(SegmentationDataset):
+class ADE20KDataset(StemPairedDataset):
     """ADE20K SceneParsing (``ADEChallengeData2016``), protocol ``ade20k-150``::
 
         ADEChallengeData2016/images/{training,validation}/ADE_*.jpg
@@ -95,7 +95,7 @@ class ADE20KDataset(SegmentationDataset):
         self._require_nonempty(img_dir)
         ann_dir = base / "annotations" / sub
         if ann_dir.is_dir():
-            self._masks: dict[str, Path] | None = pair_by_stem(self._images, ann_dir, "annotation")
+            self._masks = pair_by_stem(self._images, ann_dir, "annotation")
         elif sub == "testing":
             self._masks = None
         else:
@@ -103,15 +103,6 @@ class ADE20KDataset(SegmentationDataset):
         inst_dir = base / "annotations_instance" / sub
         self._inst = pair_by_stem(self._images, inst_dir, "instance annotation") if inst_dir.is_dir() else None
         self._lut = label_lut({k: k - 1 for k in range(1, self.NUM_RAW_CLASSES + 1)})
-
-    def image_path(self, i: int) -> Path:
-        return self._images[i]
-
-    def mask_path(self, i: int) -> Path | None:
-        return None if self._masks is None else self._masks[self.names[i]]
-
-    def instance_path(self, i: int) -> Path | None:
-        return None if self._inst is None else self._inst[self.names[i]]
 
     def _check_raw(self, raw: np.ndarray, path: Path) -> None:
         check_raw_range(raw, self.NUM_RAW_CLASSES, path, "ADE20K SceneParsing: 0 = other, 1..150 = classes")

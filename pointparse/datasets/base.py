@@ -305,3 +305,22 @@ def check_instance_size(path: Path, inst_shape: tuple, mask_shape: tuple) -> Non
     if inst_shape[:2] != mask_shape:
         raise DataError(path, f"instance map is {inst_shape[1]}x{inst_shape[0]} but the mask is "
                               f"{mask_shape[1]}x{mask_shape[0]}")
+
+
+class StemPairedDataset(SegmentationDataset):
+    """A reader whose split is a list of image files (``_images``) with masks and instance maps
+    paired to them by file stem (``_masks`` / ``_inst``: ``{stem: path}``, or ``None`` when the
+    split has none; :func:`pair_by_stem`). Folder and ADE20K layouts."""
+
+    _images: list[Path]
+    _masks: dict[str, Path] | None = None
+    _inst: dict[str, Path] | None = None
+
+    def image_path(self, i: int) -> Path:
+        return self._images[i]
+
+    def mask_path(self, i: int) -> Path | None:
+        return None if self._masks is None else self._masks[self.names[i]]
+
+    def instance_path(self, i: int) -> Path | None:
+        return None if self._inst is None else self._inst[self.names[i]]

@@ -10,11 +10,11 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from ..io import list_images
-from .base import SegmentationDataset, check_class_ids, label_lut, pair_by_stem, require_dir
+from .base import StemPairedDataset, check_class_ids, label_lut, pair_by_stem, require_dir
 from .classes import DatasetInfo, default_palette, parse_classes_file, read_text
 
 
-class FolderDataset(SegmentationDataset):
+class FolderDataset(StemPairedDataset):
     """A plain folder of images and masks (also what :mod:`pointparse.synthetic` writes)::
 
         root/classes.txt               one name per line, or 'id name [r:g:b]' (see parse_classes_file)
@@ -70,15 +70,6 @@ class FolderDataset(SegmentationDataset):
         self._require_unique_names(img_dir)
         self._masks = pair_by_stem(images, mask_dir, "mask", orphans=True) if mask_dir is not None else None
         self._inst = pair_by_stem(images, inst_dir, "instance map") if inst_dir is not None else None
-
-    def image_path(self, i: int) -> Path:
-        return self._images[i]
-
-    def mask_path(self, i: int) -> Path | None:
-        return None if self._masks is None else self._masks[self.names[i]]
-
-    def instance_path(self, i: int) -> Path | None:
-        return None if self._inst is None else self._inst[self.names[i]]
 
     def extra_files(self) -> list[Path]:
         return [p for p in (self.root / "classes.txt", self.root / "palette.txt") if p.exists()]

@@ -92,11 +92,8 @@ def row_params(row: AblationRow, cfg: AblationConfig) -> dict:
 
 
 @dataclass
-class ExtensionRow(Stage):
-    """One row of ``ablation``'s table: ``counts.json`` and ``examples/<image>.png``."""
-
-    name: ClassVar[str] = "extension-row"
-    version: ClassVar[int] = 2
+class _RowStage(Stage):
+    """A sub-stage of one table row: it shares the table stage's cache and already-read inputs."""
 
     ablation: AblateExtension = field(repr=False)
     row: AblationRow
@@ -105,12 +102,25 @@ class ExtensionRow(Stage):
     def cache(self) -> StageCache:
         return self.ablation.cache
 
+    def _inputs(self, dataset_fp: dict, points_key: str) -> dict:
+        """The split's fingerprint, the clicks' key and, for methods that need the network, the
+        checkpoint's bytes."""
+        inputs = {"dataset": dataset_fp, "points": points_key}
+        if get_method(self.row.method).needs_network(self.ablation.config.kmeans_features):
+            inputs["checkpoint"] = self.ablation.checkpoint_fp
+        return inputs
+
+
+@dataclass
+class ExtensionRow(_RowStage):
+    """One row of ``ablation``'s table: ``counts.json`` and ``examples/<image>.png``."""
+
+    name: ClassVar[str] = "extension-row"
+    version: ClassVar[int] = 2
+
     def plan(self):
         a = self.ablation
-        inputs = {"dataset": a.dataset_fp, "points": a.points.require_key()}
-        if get_method(self.row.method).needs_network(a.config.kmeans_features):
-            inputs["checkpoint"] = a.checkpoint_fp
-        return row_params(self.row, a.config), inputs
+        return row_params(self.row, a.config), self._inputs(a.dataset_fp, a.points.require_key())
 
     def build(self, tmp: Path) -> dict:
         a = self.ablation
@@ -120,26 +130,17 @@ class ExtensionRow(Stage):
 
 
 @dataclass
-class ExtensionLabels(Stage):
+class ExtensionLabels(_RowStage):
     """An offline row's (superpixel, kmeans) labels of the training split, as a folder dataset in
     ``data/`` (:func:`pointparse.extension.labels.write_offline_labels`)."""
 
     name: ClassVar[str] = "extension-labels"
     version: ClassVar[int] = 1
 
-    ablation: AblateExtension = field(repr=False)
-    row: AblationRow
-
-    @property
-    def cache(self) -> StageCache:
-        return self.ablation.cache
-
     def plan(self):
         a = self.ablation
-        inputs = {"dataset": a.train_dataset_fp, "points": a.train_points_artefact.require_key()}
-        if get_method(self.row.method).needs_network(a.config.kmeans_features):
-            inputs["checkpoint"] = a.checkpoint_fp
-        return {k: v for k, v in row_params(self.row, a.config).items() if k not in ("limit", "examples")}, inputs
+        params = {k: v for k, v in row_params(self.row, a.config).items() if k not in ("limit", "examples")}
+        return params, self._inputs(a.train_dataset_fp, a.train_points_artefact.require_key())
 
     def build(self, tmp: Path) -> dict:
         a = self.ablation
