@@ -92,18 +92,14 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_recipe(self.recipe)
-        if self.supervision not in SUPERVISIONS:
-            raise unknown_choice("supervision", self.supervision, SUPERVISIONS)
-        if self.extension not in EXTENSION_MODES:
-            raise unknown_choice("extension", self.extension, EXTENSION_MODES)
-        if self.amp not in AMP_MODES:
-            raise unknown_choice("amp mode", self.amp, AMP_MODES)
-        if self.pdml_variant not in PDML_VARIANTS:
-            raise unknown_choice("pdml_variant", self.pdml_variant, PDML_VARIANTS)
-        if self.class_balance not in CLASS_BALANCE:
-            raise unknown_choice("class_balance", self.class_balance, CLASS_BALANCE)
-        if self.optimizer not in OPTIMIZERS:
-            raise unknown_choice("optimizer", self.optimizer, OPTIMIZERS)
+        for what, value, choices in (("supervision", self.supervision, SUPERVISIONS),
+                                     ("extension", self.extension, EXTENSION_MODES),
+                                     ("amp mode", self.amp, AMP_MODES),
+                                     ("pdml_variant", self.pdml_variant, PDML_VARIANTS),
+                                     ("class_balance", self.class_balance, CLASS_BALANCE),
+                                     ("optimizer", self.optimizer, OPTIMIZERS)):
+            if value not in choices:
+                raise unknown_choice(what, value, choices)
         for name, low, strict in (("lr", 0.0, True), ("head_lr_mult", 0.0, True), ("momentum", 0.0, False),
                                   ("weight_decay", 0.0, False), ("poly_power", 0.0, False), ("alpha", 0.0, False),
                                   ("beta", 0.0, False), ("pdml_weight", 0.0, False), ("crf_weight", 0.0, False),
