@@ -13,7 +13,6 @@ from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
 from .io import atomic_file
 from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model
-from .train_config import TrainConfig
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
 
@@ -68,8 +67,9 @@ def model_from_checkpoint(ckpt: dict, path: str | Path | None = None) -> tuple[P
     return model, info
 
 
-def model_checkpoint(model, cfg: TrainConfig, info: DatasetInfo, epochs_done: int) -> dict:
-    """What ``model.pt`` holds: weights, model and train configs, class list, normalisation, epochs."""
+def model_checkpoint(model, cfg, info: DatasetInfo, epochs_done: int) -> dict:
+    """What ``model.pt`` holds: weights, model and train configs (``cfg``: the run's
+    :class:`~pointparse.train_config.TrainConfig`, stored as a dict), class list, normalisation, epochs."""
     m = unwrap(model)
     return {
         "format": CHECKPOINT_FORMAT,

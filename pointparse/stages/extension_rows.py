@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from ..cache import StageCache
 from ..dataspec import DatasetSpec, class_difference
@@ -29,9 +29,6 @@ from ..predictor import Predictor
 from ..train_config import TrainConfig
 from .base import Stage
 from .train import check_points_match
-
-if TYPE_CHECKING:  # the table stage holds its rows' inputs; it imports this module
-    from .ablate_extension import AblateExtension
 
 
 # ------------------------------------------------------------------------------------------------
@@ -95,7 +92,9 @@ def row_params(row: AblationRow, cfg: AblationConfig) -> dict:
 class _RowStage(Stage):
     """A sub-stage of one table row: it shares the table stage's cache and already-read inputs."""
 
-    ablation: AblateExtension = field(repr=False)
+    #: the :class:`~pointparse.stages.ablate_extension.AblateExtension` whose row this is (not
+    #: imported here: that module imports this one)
+    ablation: Any = field(repr=False)
     row: AblationRow
 
     @property
