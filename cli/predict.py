@@ -13,6 +13,7 @@ from .options import cache_option, friendly, quiet_option
 
 def _checkpoint_path(ref: str, cache_dir) -> Path:
     """A .pt file, a folder holding model.pt, or a train cache key → the model.pt path."""
+    # torch: these commands load it when they run, not when the CLI starts (cli/main.py)
     from pointparse.predictor import resolve_checkpoint
 
     return resolve_checkpoint(ref, StageCache(cache_dir))
