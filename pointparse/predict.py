@@ -3,7 +3,7 @@
 A checkpoint (``model.pt`` of a train artefact) carries everything needed: the backbone and
 model config, the class names and palette, and the input normalisation, so :func:`predict` needs
 no dataset. It is loaded with ``torch.load(weights_only=True)``: a file that tries to run code
-while unpickling is refused (:func:`pointparse.train.load_checkpoint`).
+while unpickling is refused (:func:`pointparse.checkpoint.load_checkpoint`).
 
 Images of any size are accepted. Each is padded on the right/bottom to a multiple of the model's
 output stride (with zeros after normalisation, i.e. the mean colour) so the logits grid lines up

@@ -4,7 +4,7 @@
 train artefact key or key prefix when a cache is given, a train artefact folder, or a
 ``model.pt`` file) to a network in eval mode on its device, its :class:`DatasetInfo` and the
 input normalisation it was trained with. The checkpoint is loaded with ``weights_only=True``
-(:func:`pointparse.train.load_checkpoint`); anything unusable in it is one :class:`DataError`
+(:func:`pointparse.checkpoint.load_checkpoint`); anything unusable in it is one :class:`DataError`
 naming the file. Evaluate, predict, export, the extension ablation and the report's
 qualitative grid all load their models here.
 """

@@ -1,5 +1,5 @@
 """Named training recipes: one key (``--recipe NAME``, ``recipe: NAME`` in a pipeline's train
-params) for a set of :class:`pointparse.train.TrainConfig` values. Values given explicitly next
+params) for a set of :class:`pointparse.train_config.TrainConfig` values. Values given explicitly next
 to the recipe win over it; every value a recipe does not name keeps its dataclass default.
 
 Registry :data:`RECIPES`:

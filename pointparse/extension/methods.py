@@ -43,7 +43,7 @@ class ExtensionMethod:
     """One way of extending clicks (a row kind of Table 5).
 
     ``threshold`` / ``region``: whether the method takes a score threshold / square size.
-    ``online``: trained through :class:`pointparse.train.TrainConfig`'s online extension; the
+    ``online``: trained through :class:`pointparse.train_config.TrainConfig`'s online extension; the
     others (superpixel, kmeans) are computed once and train as offline dense labels.
     ``default_thresholds``: the thresholds Table 5 shows for it.
     """

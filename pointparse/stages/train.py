@@ -1,6 +1,6 @@
 """The ``train`` stage: a model trained on a split (resumable; one or several processes or nodes).
 
-Key: the :class:`~pointparse.train.TrainConfig` without what changes only speed (workers, device,
+Key: the :class:`~pointparse.train_config.TrainConfig` without what changes only speed (workers, device,
 logging), the split's fingerprint, the points artefact's key (point supervision), the validation
 split's fingerprint and the evaluation options. A killed run continues from its last epoch
 checkpoint in ``<key>.partial``.
