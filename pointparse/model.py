@@ -57,7 +57,6 @@ __all__ = [
     "PointParseNet",
     "build_model",
     "load_weights",
-    "resolve_device",
     "upsample_logits",
 ]
 
@@ -213,20 +212,6 @@ class PointParseNet(nn.Module):
             {"name": "classifier", "params": [p for p in head if p.requires_grad],
              "lr": lr * head_lr_mult, "lr_mult": float(head_lr_mult), "weight_decay": weight_decay},
         ]
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a bad name or
-    CUDA without a device is a ConfigError."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device")
-    return dev
 
 
 def upsample_logits(logits: Tensor, size: Sequence[int]) -> Tensor:

@@ -37,9 +37,8 @@ from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
 from .io import (IMAGE_SUFFIXES, check_out_dir, image_size, list_images, mark_out_dir, read_image, write_image,
                  write_label_png)
-from .model import resolve_device
 from .predictor import Predictor
-from .runtime import autocast_dtype
+from .runtime import autocast_dtype, resolve_device
 from .transforms import normalise
 
 OVERLAY_ALPHA = 0.5

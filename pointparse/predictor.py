@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from .cache import StageCache
+from .checkpoint import load_checkpoint, model_from_checkpoint
 from .datasets import DatasetInfo
 from .errors import DataError
-from .model import resolve_device
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .runtime import resolve_device
 from .transforms import normalise
 
 

@@ -1,5 +1,6 @@
-"""Where a process runs: device, rank and world size (torchrun: NCCL on CUDA, gloo on CPU), and
-the autocast dtype of an AMP mode."""
+"""Where a process runs: the device a name stands for (:func:`resolve_device`, the one place that
+picks it), rank and world size (torchrun: NCCL on CUDA, gloo on CPU), and the autocast dtype of
+an AMP mode."""
 
 from __future__ import annotations
 
@@ -29,20 +30,30 @@ class Runtime:
         return self.world_size > 1
 
 
-def setup_runtime(device: str = "auto") -> Runtime:
-    """Initialise the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+def resolve_device(device: str = "auto") -> torch.device:
+    """``auto`` (CUDA when torch sees one, else CPU), ``cpu``, ``cuda`` or ``cuda:N``; a bad name or
+    CUDA without a device is a ConfigError."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return dev
+
+
+def setup_runtime(device: str = "auto") -> Runtime:
+    """Initialise the process group when launched by torchrun (NCCL on CUDA, gloo on CPU); under
+    torchrun each process takes the CUDA device of its local rank."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("device 'cuda' asked for, but torch sees no CUDA device")
-        dev = torch.device("cuda", local if world > 1 else (torch.device(device).index or 0))
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local if world > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-    else:
-        dev = torch.device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
     return Runtime(dev, rank, world, local)

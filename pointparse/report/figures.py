@@ -81,8 +81,8 @@ def _qualitative_samples(runs: list[RunData], n: int, dataset, cache: StageCache
         samples.append({"name": s.name, "image": s.image, "gt": s.mask, "preds": {}})
     # torch: only a report that draws the grid loads it (importing pointparse.report stays torch-free)
     from ..evaluate import EvalConfig, predict_logits
-    from ..model import resolve_device
     from ..predictor import Predictor
+    from ..runtime import resolve_device
 
     dev = resolve_device(device)
     cfg = EvalConfig(amp="off", workers=0, device=str(dev))
