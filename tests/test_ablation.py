@@ -379,3 +379,24 @@ def test_copy_table_never_replaces_a_folder_it_did_not_write(tmp_path):
     copy_table(res, tmp_path / "out")
     copy_table(res, tmp_path / "out")
     assert (tmp_path / "out" / "extension_table.csv").is_file()
+
+
+def test_a_split_view_reads_instances_through_its_reader(tmp_path):
+    """SplitView forwards every reading method: an ADE20K-style reader decodes its own instance
+    maps, so the view must not fall back to the base class's plain PNG reading."""
+    from pointparse.extension.ablation import SplitView
+
+    class Reader:
+        names = ["a", "b", "c"]
+        root, split, info = tmp_path, "val", None
+
+        def load_instances(self, i, mask=None):
+            return ("instances", i)
+
+        def click_instances(self, i, min_area):
+            return ("clicks", i, min_area)
+
+    view = SplitView(Reader(), [2, 0])
+    assert view.names == ["c", "a"]
+    assert view.load_instances(0) == ("instances", 2)
+    assert view.click_instances(1, 16) == ("clicks", 0, 16)

@@ -184,7 +184,8 @@ def overlay(image: np.ndarray, labels: np.ndarray, click_map: np.ndarray, palett
 
 
 class SplitView(SegmentationDataset):
-    """Some images of a dataset split (``indices`` into ``base``), read through ``base``."""
+    """Some images of a dataset split (``indices`` into ``base``), read through ``base`` (every
+    reading method forwards, so a reader's own decoding, e.g. ADE20K's RGB instance maps, applies)."""
 
     def __init__(self, base: SegmentationDataset, indices: Sequence[int]):
         super().__init__(base.root, base.split, base.info)
@@ -210,8 +211,14 @@ class SplitView(SegmentationDataset):
     def load_mask(self, i: int) -> np.ndarray:
         return self.base.load_mask(self.indices[i])
 
+    def load_instances(self, i: int, mask: np.ndarray | None = None) -> np.ndarray | None:
+        return self.base.load_instances(self.indices[i], mask)
+
     def load(self, i: int, with_image: bool = True, check_size: bool = True, with_instances: bool = True):
         return self.base.load(self.indices[i], with_image, check_size, with_instances)
+
+    def click_instances(self, i: int, min_area: int):
+        return self.base.click_instances(self.indices[i], min_area)
 
     def files(self) -> list[Path]:
         return self.base.files()
