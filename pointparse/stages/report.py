@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Mapping, Sequence, Union
 from ..cache import MANIFEST, StageCache, StageResult
 from ..keys import content_fingerprint
 from ..dataspec import DatasetSpec, dataset_fingerprint, open_spec
-from ..errors import ConfigError
 from ..io import read_json
 from ..report import ReportConfig, RunData, load_runs, resolve_extension, write_report
 from .base import PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
@@ -62,9 +61,7 @@ class Report(Stage):
     @cached_property
     def _inputs(self) -> tuple[list[RunData], Path | None, dict, dict]:
         """(loaded runs, extension table, params, inputs): read once for the key and the build."""
-        qualitative_images = self.config.qualitative_images
-        if qualitative_images < 0:
-            raise ConfigError(f"qualitative_images must be >= 0, got {qualitative_images}")
+        qualitative_images = self.config.qualitative_images  # ReportConfig has checked it
         runs = {name: _path(ref) if isinstance(ref, (str, Path, Upstream)) else [_path(r) for r in ref]
                 for name, ref in self.runs.items()}
         loaded = load_runs(runs, self.cache)
