@@ -34,6 +34,14 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   collapse, per epoch); H — combinations with the best class balance (by mean mIoU in D): + Ext
   agree + PDML normalized, + the best CRF weight, and all four together.
 
+* **Round 3** (``--plan round3``, on CPU, the full 845-image val split): I — does the
+  ``normalized`` PDML variant help once its weight is not 1? Its loss stayed flat at ~1.5 in the
+  quickstart (on the unit sphere with m 0.5 the metric barely moves against the CE). PointSup
+  (``paper-cpu``, no PDML) beside PDML normalized with ``pdml_weight`` 0.3, 1, 3, 10 (margin 0.5)
+  and margins 0.2 and 1.0 at weight 3, seeds in order (every row's seed 0 first). Rule, fixed
+  before any run: a setting helps if its mean paired difference to PointSup is above +1 mIoU
+  and above twice the standard deviation of the paired differences.
+
     python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
     python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
 """
@@ -284,7 +292,23 @@ def plan_round2(study: Study) -> dict:
     return {"plan": "round2", "recipe": recipe, "best": {"class_balance": cb, "crf": crf}}
 
 
-PLANS = {"round1": plan_and_run, "round2": plan_round2}
+ROUND3_NORMALIZED = {f"PDML normalized w{w}": dict(pdml_weight=w) for w in (0.3, 1.0, 3.0, 10.0)}
+ROUND3_NORMALIZED.update({f"PDML normalized w3 m{m}": dict(pdml_weight=3.0, margin=m) for m in (0.2, 1.0)})
+
+
+def plan_round3(study: Study) -> dict:
+    recipe = dict(A1["paper-cpu"])
+    jobs = []
+    for seed in study.seeds:  # seed-major: a deadline leaves whole seeds, not whole rows
+        jobs.append(_job("I", "PointSup", "PointSup", {**recipe, **POINTS}, seed))
+        for name, c in ROUND3_NORMALIZED.items():
+            jobs.append(_job("I", name, "PointSup", {**recipe, **POINTS, **PDML["normalized"], **c}, seed))
+    study.run(jobs)
+    return {"plan": "round3", "recipe": recipe,
+            "means": {n: _mean(study.results, n) for n in ["PointSup", *ROUND3_NORMALIZED]}}
+
+
+PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3}
 
 
 def main() -> None:
