@@ -368,7 +368,7 @@ def run_pipeline(pipe: Pipeline, ctx: RunContext, only: list[str] | None = None)
         entry = pipe.stages[name]
         ctx.echo(f"[{i}/{len(todo)}] {name} ({entry.kind})")
         stage = STAGE_KINDS[entry.kind].from_pipeline(entry, _upstream(entry, done), ctx)
-        res = stage.pipeline_result(ctx.force)
+        res = stage.run(ctx.force)
         results[name], done[name] = res, Upstream.of(res)
         ctx.echo(f"      {'cached' if res.cached else 'done'}: {res.path}")
     return results

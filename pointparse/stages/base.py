@@ -140,12 +140,8 @@ class Stage:
         return stage_key(self.name, self.version, params, inputs)
 
     def run(self, force: bool = False) -> StageResult:
-        """Return the cached artefact, or check the inputs and build it."""
+        """Check the inputs, then return the cached artefact or build it (what a pipeline hands on)."""
         self.check()
         params, inputs = self.plan()
         return self.cache.run(self.name, self.version, params, inputs, self.build, force=force, **self.run_options())
-
-    def pipeline_result(self, force: bool = False) -> StageResult:
-        """What a pipeline stage of this kind hands to the stages after it (its artefact)."""
-        return self.run(force=force)
 
