@@ -160,6 +160,34 @@ def check_label_set(labels: LabelSet, dataset: SegmentationDataset) -> None:
                                                f"{dataset.image_path(i)} is {w}x{h}")
 
 
+class LabelSetDataset(SegmentationDataset):
+    """``dataset`` with its masks replaced by a label set's labels (255 = unlabelled), images and
+    names unchanged: train on the labels as dense masks (an offline extension row's ``--train``),
+    or read them beside the clicks (a train stage's ``labels``). Checked by
+    :func:`check_label_set` on construction."""
+
+    def __init__(self, dataset: SegmentationDataset, labels: LabelSet):
+        check_label_set(labels, dataset)
+        super().__init__(dataset.root, dataset.split, dataset.info)
+        self.base, self.labels = dataset, labels
+        self.names = list(dataset.names)
+
+    def image_path(self, i: int) -> Path:
+        return self.base.image_path(i)
+
+    def mask_path(self, i: int) -> Path:
+        return self.labels.file(self.names[i])
+
+    def image_size(self, i: int) -> tuple[int, int]:
+        return self.base.image_size(i)
+
+    def load_image(self, i: int) -> np.ndarray:
+        return self.base.load_image(i)
+
+    def load_mask(self, i: int) -> np.ndarray:
+        return self.labels.label(self.names[i])
+
+
 def label_quality(labels: np.ndarray, clicks: np.ndarray, gt: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:
     """Counts of one image's labels ``labels`` [H, W] against ground truth ``gt`` [H, W] (both
     ``uint8``, 255 = none), given its click map ``clicks`` [H, W] (255 off the clicks).

@@ -12,7 +12,7 @@ from pointparse import IGNORE_INDEX
 from pointparse.datasets import FolderDataset
 from pointparse.errors import DataError
 from pointparse.io import write_image, write_label_png
-from pointparse.labelset import (LABELS_JSON, LabelSetWriter, check_label_set, label_quality, load_label_set,
+from pointparse.labelset import (LABELS_JSON, LabelSetDataset, LabelSetWriter, check_label_set, label_quality, load_label_set,
                                  quality_summary)
 
 
@@ -100,3 +100,14 @@ def test_quality_counts_new_pixels_only_and_coverage_of_the_ground_truth():
     s = quality_summary(c, ("a", "b", "c"), images=1)
     assert s["accuracy"] == 0.5 and s["coverage"] == 5 / 7 and s["new_pixels_per_image"] == 4
     assert s["per_class"]["c"]["accuracy"] is None and s["per_class"]["b"]["coverage"] == 2 / 3
+
+
+def test_the_dataset_view_reads_the_labels_as_masks_and_the_original_images(tmp_path):
+    ds = _folder(tmp_path / "d")
+    w = LabelSetWriter(tmp_path / "out", ds.info, "train", "test")
+    for i, n in enumerate(ds.names):
+        w.write(n, np.full((6, 8), 2 - i, np.uint8))
+    view = LabelSetDataset(ds, w.finish(ds))
+    s = view.load(1)
+    assert view.names == ds.names and s.name == "im1" and (s.mask == 1).all() and s.image.shape == (6, 8, 3)
+    assert view.image_path(0) == ds.image_path(0) and view.has_dense_labels and not view.has_instances
