@@ -42,6 +42,25 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   before any run: a setting helps if its mean paired difference to PointSup is above +1 mIoU
   and above twice the standard deviation of the paired differences.
 
+* **Round 4** (``--plan round4``, issue "one default network for street scenes"; on CPU, 2 runs
+  at a time with one thread each; two datasets: ``--data labelmefacade=... --data camvid=...``,
+  validation splits 845 and 101 images; the ``cpu`` budget for all: 12 epochs, batch 8, 256 px
+  crops, scale 0.5–1). Every candidate network trains two rows: FullSup (the masks) and Clicks
+  (``cpu-clicks``'s losses: √ class-balanced point CE + Gated CRF 0.3, no PDML). Candidates
+  (:data:`N_CANDIDATES`): ``cpu`` (ASPP-v2, SGD 2.5e-3, head ×10, OS 16: today's default),
+  ``aspp adamw`` (ASPP-v2, AdamW 2e-4, head ×10, wd 1e-2), ``v3+ adamw`` (DeepLabv3+ with the
+  stride-4 tap, AdamW 2e-4, head ×10, wd 1e-2: today's ``decoder``), ``v3+ adamw s8`` (its tap at
+  stride 8), ``v3+ adamw lr4e-4`` (backbone 4e-4, head ×10), ``v3+ adamw x3`` (head ×3 instead of
+  ×10), ``v3+ adamw os8`` (output stride 8).
+  N1: seed 0, both datasets, both rows. A candidate's score is its mean rank over the four
+  (dataset, row) cells (rank 1 = best mIoU among the candidates in that cell); ties go to the
+  better CamVid FullSup mIoU. Diagnostic rows, not ranked: plain point CE (PointSup) on ``cpu``
+  and on ``v3+ adamw``, seed 0, both datasets (why does the decoder lose from clicks?).
+  N2: the three best candidates of N1, and ``cpu`` (the reference of every paired comparison),
+  get seeds 1 and 2. **The default network** is the N2 candidate with the best mean rank over the
+  four cells computed on 3-seed means — provided its mean CamVid training time is at most 1.5×
+  ``cpu``'s (users' CPU budgets and the quickstart's 6 minutes); otherwise the next one.
+
     python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
     python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
 """
@@ -82,24 +101,28 @@ PDML = {v: dict(pdml=True, pdml_variant=v) for v in ("paper", "relative", "relat
 # ------------------------------------------------------------------------------------ one run
 
 _STATE: dict = {}
+DEFAULT_DATA = "default"  # the one dataset of --root (rounds 1-3)
 
 
-def _init_worker(root: str, val_split: str, points_dir: str, weights: str, device: str, threads: int) -> None:
+def _init_worker(data: dict, device: str, threads: int, weights: str = "imagenet") -> None:
+    """``data``: name -> (root, val split, points artefact folder). Every dataset is opened and its
+    images decoded once per worker process, reused by every run."""
     import torch
 
     from pointparse.datasets import open_dataset
     from pointparse.points import load_points
 
     torch.set_num_threads(threads)
-    train = open_dataset("folder", root, split="train")
-    val = open_dataset("folder", root, split=val_split)
-    for ds in (train, val):  # decoded once per worker process, reused by every run
-        ds.load_image = functools.lru_cache(maxsize=None)(ds.load_image)
-        ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
-        ds.load = functools.lru_cache(maxsize=None)(ds.load)
-    ps = load_points(points_dir)
-    points = {n: ps.points(n) for n in ps.names}
-    _STATE.update(train=train, val=val, points=points, weights=weights, device=device)
+    _STATE.update(weights=weights, device=device, data={})
+    for name, (root, val_split, points_dir) in data.items():
+        train = open_dataset("folder", root, split="train")
+        val = open_dataset("folder", root, split=val_split)
+        for ds in (train, val):
+            ds.load_image = functools.lru_cache(maxsize=None)(ds.load_image)
+            ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
+            ds.load = functools.lru_cache(maxsize=None)(ds.load)
+        ps = load_points(points_dir)
+        _STATE["data"][name] = {"train": train, "val": val, "points": {n: ps.points(n) for n in ps.names}}
 
 
 def _run(job: dict) -> dict:
@@ -112,10 +135,11 @@ def _run(job: dict) -> dict:
     from pointparse.train_config import TrainConfig
 
     cfg = TrainConfig(**job["config"], weights=_STATE["weights"], device=_STATE["device"])
+    data = _STATE["data"][job.get("data", DEFAULT_DATA)]
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            train(cfg, _STATE["train"], _STATE["points"] if cfg.supervision == "points" else None, tmp, progress=False)
+            train(cfg, data["train"], data["points"] if cfg.supervision == "points" else None, tmp, progress=False)
         except Exception as exc:  # a diverged or broken run is a result too
             return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
         epochs = [json.loads(l) for l in (Path(tmp) / "epochs.jsonl").read_text().splitlines()]
@@ -124,7 +148,7 @@ def _run(job: dict) -> dict:
     device = torch.device(_STATE["device"] if _STATE["device"] != "auto" else
                           ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    m, _ = evaluate_model(model, _STATE["val"], info.num_classes, EvalConfig(workers=0, amp="off"), device,
+    m, _ = evaluate_model(model, data["val"], info.num_classes, EvalConfig(workers=0, amp="off"), device,
                        IMAGENET_MEAN, IMAGENET_STD, progress=False)
     keep = ("epoch", "loss", "ce", "pdml", "crf", "dis_pos", "dis_neg", "active_triples", "ext_accuracy",
             "ext_coverage", "ext_pixels_per_image", "time_s")
@@ -198,7 +222,7 @@ class Study:
         self.results.append(res)
         with open(self.out, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(res) + "\n")
-        line = f"{res['phase']:2s} {res['name']:36s} {res['row']:9s} seed {res['seed']}"
+        line = f"{res['phase']:2s} {res.get('data', ''):13s} {res['name']:28s} {res['row']:9s} seed {res['seed']}"
         print(line + (f"  mIoU {res['miou']:5.1f}  acc {res['pixel_acc']:5.1f}  {res['seconds']:.0f}s"
                       if "miou" in res else f"  ERROR {res.get('error')}"), flush=True)
         return res
@@ -308,12 +332,83 @@ def plan_round3(study: Study) -> dict:
             "means": {n: _mean(study.results, n) for n in ["PointSup", *ROUND3_NORMALIZED]}}
 
 
-PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3}
+CLICKS = dict(pdml=False, extension="none", class_balance="sqrt", crf_weight=0.3)
+_ADAMW = dict(optimizer="adamw", lr=2e-4, head_lr_mult=10.0, weight_decay=1e-2)
+N_CANDIDATES = {
+    "cpu": dict(head="aspp-v2", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
+    "aspp adamw": dict(head="aspp-v2", **_ADAMW),
+    "v3+ adamw": dict(head="deeplabv3+", **_ADAMW),
+    "v3+ adamw s8": dict(head="deeplabv3+", low_level_stride=8, **_ADAMW),
+    "v3+ adamw lr4e-4": dict(head="deeplabv3+", **{**_ADAMW, "lr": 4e-4}),
+    "v3+ adamw x3": dict(head="deeplabv3+", **{**_ADAMW, "head_lr_mult": 3.0}),
+    "v3+ adamw os8": dict(head="deeplabv3+", output_stride=8, **_ADAMW),
+}
+ROUND4_DATA = ("labelmefacade", "camvid")
+ROUND4_CELLS = tuple((d, r) for d in ROUND4_DATA for r in ("FullSup", "Clicks"))
+ROUND4_FINALISTS = 3
+ROUND4_MAX_COST = 1.5
+
+
+def _cell_means(results: list[dict], phase_names: set[str] | None = None) -> dict:
+    """(candidate, data, row) -> mean mIoU over the seeds present."""
+    acc: dict = {}
+    for r in results:
+        if "miou" in r and (phase_names is None or r["name"] in phase_names):
+            acc.setdefault((r["name"], r.get("data"), r["row"]), []).append(r["miou"])
+    return {k: statistics.mean(v) for k, v in acc.items()}
+
+
+def mean_ranks(results: list[dict], names) -> dict[str, float]:
+    """Round 4's score: each candidate's rank (1 = best) in every (data, row) cell, averaged; a
+    candidate missing a cell ranks last there."""
+    means = _cell_means(results)
+    ranks = {n: [] for n in names}
+    for data, row in ROUND4_CELLS:
+        got = sorted(names, key=lambda n: -means.get((n, data, row), float("-inf")))
+        for i, n in enumerate(got):
+            ranks[n].append(i + 1)
+    return {n: statistics.mean(v) for n, v in ranks.items()}
+
+
+def _order(results: list[dict], names) -> list[str]:
+    ranks, means = mean_ranks(results, names), _cell_means(results)
+    return sorted(names, key=lambda n: (ranks[n], -means.get((n, "camvid", "FullSup"), float("-inf"))))
+
+
+def plan_round4(study: Study) -> dict:
+    def jobs(phase, name, config, seeds, rows=("FullSup", "Clicks")):
+        base = {"FullSup": FULL, "Clicks": CLICKS, "PointSup": POINTS}
+        return [{**_job(phase, name, row, {**config, **base[row]}, s), "data": d}
+                for s in seeds for d in ROUND4_DATA for row in rows]
+
+    first = []
+    for name, c in N_CANDIDATES.items():
+        first += jobs("N1", name, c, (0,))
+    for name in ("cpu", "v3+ adamw"):
+        first += jobs("N1", name, N_CANDIDATES[name], (0,), rows=("PointSup",))
+    study.run(first)
+    order1 = _order(study.results, list(N_CANDIDATES))
+    finalists = order1[:ROUND4_FINALISTS] + ([] if "cpu" in order1[:ROUND4_FINALISTS] else ["cpu"])
+    print(f"# N1 order {order1}; ranks {mean_ranks(study.results, list(N_CANDIDATES))}; finalists {finalists}",
+          flush=True)
+    study.run([j for n in finalists for j in jobs("N2", n, N_CANDIDATES[n], (1, 2))])
+    order2 = _order(study.results, finalists)
+    secs = {n: statistics.mean([r["seconds"] for r in study.results if r["name"] == n and r.get("data") == "camvid"
+                                and "seconds" in r]) for n in finalists}
+    chosen = next((n for n in order2 if secs[n] <= ROUND4_MAX_COST * secs["cpu"]), "cpu")
+    return {"plan": "round4", "n1_order": order1, "finalists": finalists, "n2_order": order2,
+            "n2_ranks": mean_ranks(study.results, finalists), "camvid_seconds": secs, "chosen": chosen,
+            "network": N_CANDIDATES[chosen]}
+
+
+PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3, "round4": plan_round4}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", required=True, help="folder dataset (images/, labels/, classes.txt)")
+    ap.add_argument("--root", help="folder dataset (images/, labels/, classes.txt): rounds 1-3")
+    ap.add_argument("--data", action="append", default=[], metavar="NAME=ROOT",
+                    help="a named folder dataset, repeatable (round 4 on: labelmefacade=..., camvid=...)")
     ap.add_argument("--val-split", default="val")
     ap.add_argument("--out", required=True, help="results JSONL (appended)")
     ap.add_argument("--weights", default="imagenet", help="imagenet | PATH of the backbone state dict")
@@ -334,12 +429,18 @@ def main() -> None:
 
     if args.epochs:
         BUDGET["epochs"] = args.epochs
+    roots = dict(d.split("=", 1) for d in args.data) if args.data else {DEFAULT_DATA: args.root}
+    if not all(roots.values()):
+        ap.error("give --root or --data NAME=ROOT")
     with tempfile.TemporaryDirectory() as cache_dir:
-        pts = run_make_points(DatasetSpec("folder", args.root, "train"), MakePointsConfig(), StageCache(cache_dir),
-                              progress=False)
-        print(f"# points: {pts.manifest.get('summary')}", flush=True)
+        data = {}
+        for name, root in roots.items():
+            pts = run_make_points(DatasetSpec("folder", root, "train"), MakePointsConfig(), StageCache(cache_dir),
+                                  progress=False)
+            print(f"# {name} points: {pts.manifest.get('summary')}", flush=True)
+            data[name] = (root, args.val_split, str(pts.path))
         ctx = mp.get_context("spawn")  # CUDA in the workers
-        init = (args.root, args.val_split, str(pts.path), args.weights, args.device, args.threads)
+        init = (data, args.device, args.threads, args.weights)
         deadline = time.time() + args.deadline if args.deadline else float("inf")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with cf.ProcessPoolExecutor(args.parallel, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:
