@@ -81,8 +81,9 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
     from pointparse.extension.table import copy_table
     from pointparse.stages.ablate_extension import run_ablation
 
+    cache = StageCache(cache_dir)
     if out_dir:  # refuse before any work, not after it
-        check_out_dir(out_dir, "ablate-extension", stage="ablate-extension")
+        check_out_dir(out_dir, "ablate-extension", stage="ablate-extension", cache_root=cache.root)
     cfg = AblationConfig(methods=_split_list(methods, str, "--methods"),
                          thresholds=_split_list(thresholds, float, "--thresholds"), region=region,
                          kmeans_features=kmeans_features, limit=limit, examples=examples, workers=workers,
@@ -92,11 +93,11 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
         train = AblationTrainConfig(split=train_split, points=train_points, epochs=epochs, batch_size=batch_size,
                                     crop_size=crop_size, lr=lr, init=init, workers=train_workers)
     spec = DatasetSpec(kind=kind, root=root, split=split, options=parse_kv(options))
-    res = run_ablation(checkpoint, spec, points_ref, cfg, StageCache(cache_dir), train=train, force=force,
+    res = run_ablation(checkpoint, spec, points_ref, cfg, cache, train=train, force=force,
                        content_hash=content_hash, progress=not quiet)
     done = sum(not r.cached for r in res.rows)
     click.echo(f"ablate-extension: {len(res.rows)} rows ({done} computed, {len(res.rows) - done} reused); "
                f"table {res.table.path}  (key {res.table.key[:12]})")
     if out_dir:
-        click.echo(f"  copied to {copy_table(res, out_dir)}")
+        click.echo(f"  copied to {copy_table(res, out_dir, cache.root)}")
     click.echo((res.table.path / "table.txt").read_text(encoding="utf-8").rstrip())

@@ -53,8 +53,9 @@ def export_points_cmd(ref, fmt, out_path, cache_dir):
     """Export the clicks of REF (a points artefact folder or cache key) to an annotation format."""
     p = Path(ref)
     # a points.json, or a folder holding one, needs no manifest (e.g. a copied artefact)
-    folder = p if p.is_file() or (p / "points.json").is_file() else StageCache(cache_dir).find(ref)
+    cache = StageCache(cache_dir)
+    folder = p if p.is_file() or (p / "points.json").is_file() else cache.find(ref)
     if folder.is_dir() and not (folder / "points.json").is_file():
         raise DataError(folder, "not a points artefact (no points.json): pass a make-points or import-clicks artefact")
-    export_points(folder, fmt, out_path)
+    export_points(folder, fmt, out_path, cache_root=cache.root)
     click.echo(f"export-points: wrote {fmt} to {out_path}")

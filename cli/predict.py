@@ -40,7 +40,8 @@ def predict_cmd(checkpoint, inputs, out_dir, batch_size, flip, scales, device, a
     from pointparse.predict import predict
 
     res = predict(_checkpoint_path(checkpoint, cache_dir), inputs, out_dir, batch_size=batch_size, flip=flip,
-                  scales=scales, device=device, amp=amp, progress=not quiet)
+                  scales=scales, device=device, amp=amp, progress=not quiet,
+                  cache_root=StageCache(cache_dir).root)
     click.echo(f"predict: wrote {len(res.written)} label map(s) and overlays to {out_dir}")
     if res.failures:
         listed = "\n".join(f"  {p}: {problem}" for p, problem in res.failures)

@@ -71,9 +71,9 @@ def report_cmd(run_items, all_runs, extension_ref, out_dir, qualitative_images, 
     from pointparse.report import discover_runs, format_summary
     from pointparse.stages.report import run_report
 
-    if out_dir:  # refuse before any work, not after it
-        check_out_dir(out_dir, "report", stage="report")
     cache = StageCache(cache_dir)
+    if out_dir:  # refuse before any work, not after it
+        check_out_dir(out_dir, "report", stage="report", cache_root=cache.root)
     runs = parse_runs(run_items)
     if all_runs:
         for name, path in discover_runs(cache).items():
@@ -88,7 +88,7 @@ def report_cmd(run_items, all_runs, extension_ref, out_dir, qualitative_images, 
     echo_result(res, "report")
     where = res.path
     if out_dir:
-        with atomic_out_dir(out_dir, "report", stage="report") as tmp:
+        with atomic_out_dir(out_dir, "report", stage="report", cache_root=cache.root) as tmp:
             shutil.copytree(res.path, tmp, dirs_exist_ok=True)
         where = Path(out_dir)
         click.echo(f"  copied to {where}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -198,11 +199,16 @@ def safe_name(name: str, source: str | Path) -> str:
 OUT_MARKER = ".pointparse-out.json"
 
 
-def check_out_dir(path: str | Path, command: str, stage: str | None = None) -> Path:
+def check_out_dir(path: str | Path, command: str, stage: str | None = None,
+                  cache_root: str | Path | None = None) -> Path:
     """Refuse an ``--out`` folder that a command would replace unless it is new, empty, or an
     earlier output of the same ``command`` (its marker file says so; for outputs written before
-    the marker existed, a copied ``manifest.json`` of ``stage``). Call it before doing any work."""
+    the marker existed, a copied ``manifest.json`` of ``stage``). Call it before doing any work.
+
+    Never inside a cache (``cache_root``, or any folder laid out as a cache artefact): a copy
+    there would replace an artefact that later commands reuse by its key."""
     path = Path(path)
+    check_out_path(path, command, cache_root)
     if not path.exists() and not path.is_symlink():
         return path
     if not path.is_dir():
@@ -211,6 +217,31 @@ def check_out_dir(path: str | Path, command: str, stage: str | None = None) -> P
         return path
     raise DataError(path, f"--out: this folder is not empty and is not an earlier output of {command}; "
                           "its files would be replaced, so choose a new or empty folder")
+
+
+#: a cache artefact folder's name (its key, or its partial run) and its shard's (cache.py's layout)
+_ARTEFACT_NAME = re.compile(r"[0-9a-f]{64}(\.partial)?")
+_SHARD_NAME = re.compile(r"[0-9a-f]{2}")
+
+
+def check_out_path(path: str | Path, command: str, cache_root: str | Path | None = None) -> None:
+    """Refuse an output path (file or folder) inside the cache root, holding it, or inside any
+    folder laid out as a cache artefact (``<stage>/<2 hex>/<key>``): writing there would change
+    what a cached key stands for (a report copied over another report's artefact is then reused
+    under that artefact's key)."""
+    where = Path(path).resolve()
+    if cache_root is not None:
+        root = Path(cache_root).resolve()
+        if where == root or root in where.parents:
+            raise DataError(path, f"--out of {command} lies inside the cache root {cache_root}; it would change "
+                                  "cached artefacts: choose a folder outside the cache")
+        if where in root.parents:
+            raise DataError(path, f"--out of {command} holds the cache root {cache_root}; replacing it would "
+                                  "delete the cache: choose another folder")
+    for p in (where, *where.parents):
+        if _ARTEFACT_NAME.fullmatch(p.name) and _SHARD_NAME.fullmatch(p.parent.name) and p.name[:2] == p.parent.name:
+            raise DataError(path, f"--out of {command} lies inside the cache artefact {p}; it would change what "
+                                  "its key stands for: choose a folder outside the cache")
 
 
 def _out_owner(path: Path, stage: str | None) -> str | None:
@@ -230,10 +261,11 @@ def mark_out_dir(path: str | Path, command: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_out_dir(path: str | Path, command: str, stage: str | None = None) -> Iterator[Path]:
+def atomic_out_dir(path: str | Path, command: str, stage: str | None = None,
+                   cache_root: str | Path | None = None) -> Iterator[Path]:
     """:func:`atomic_dir` for an ``--out`` folder: checked by :func:`check_out_dir` first and
     marked as ``command``'s output, so only that command ever replaces it."""
-    check_out_dir(path, command, stage)
+    check_out_dir(path, command, stage, cache_root)
     with atomic_dir(path) as tmp:
         yield tmp
         mark_out_dir(tmp, command)

@@ -189,7 +189,7 @@ def collect_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[tuple
 
 def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out_dir: str | Path, batch_size: int = 4,
             flip: bool = False, scales: Sequence[float] | str = (1.0,), device: str = "auto", amp: str = "auto",
-            progress: bool = True) -> PredictResult:
+            progress: bool = True, cache_root: str | Path | None = None) -> PredictResult:
     """Predict every input image and write ``<stem>.png`` and ``<stem>_overlay.jpg`` into ``out_dir``.
 
     ``inputs``: image files and/or folders. ``amp='auto'`` uses bf16 autocast on CUDA and full
@@ -199,7 +199,8 @@ def predict(checkpoint: str | Path, inputs: Iterable[str | Path], out_dir: str |
     """
     if int(batch_size) < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    out_dir = check_out_dir(out_dir, "predict")  # its files would be overwritten: refuse before any work
+    # its files would be overwritten (never inside the cache ``cache_root``): refuse before any work
+    out_dir = check_out_dir(out_dir, "predict", cache_root=cache_root)
     scales = parse_scales(scales)
     dev = resolve_device(device)
     if amp not in ("auto", "off", "bf16", "fp16"):

@@ -92,11 +92,12 @@ def format_table(frame) -> str:
     return show.to_string(index=False)
 
 
-def copy_table(result: AblationResult, out: str | Path) -> Path:
+def copy_table(result: AblationResult, out: str | Path, cache_root: str | Path | None = None) -> Path:
     """Copy the table artefact's files into folder ``out`` (replaced atomically; only a new or empty
-    folder or an earlier copy is replaced, see :func:`pointparse.io.check_out_dir`)."""
+    folder or an earlier copy is replaced, never one inside the cache: see
+    :func:`pointparse.io.check_out_dir`)."""
     out = Path(out)
-    with atomic_out_dir(out, "ablate-extension", stage="ablate-extension") as tmp:
+    with atomic_out_dir(out, "ablate-extension", stage="ablate-extension", cache_root=cache_root) as tmp:
         for p in result.table.path.iterdir():
             if p.is_dir():
                 shutil.copytree(p, tmp / p.name)

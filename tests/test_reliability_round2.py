@@ -1,0 +1,98 @@
+"""Issue 24 (reliability, round two): each numbered defect of the second hostile probe, replayed on
+tiny data. Every case must end in one line naming the file or option, a non-zero exit, no
+traceback, and nothing that looks finished (``benchmarks/reliability_probe.py`` replays the same
+list through the installed command)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pointparse.cli.main import main
+
+
+def _folder_dataset(root: Path, n: int = 3, size: int = 24) -> Path:
+    """``n`` images of ``size``² with one 8×8 square of class 1 each (classes ground, thing)."""
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    (root / "classes.txt").write_text("0 ground 0:128:0\n1 thing 128:0:0\n")
+    for i in range(n):
+        img = np.full((size, size, 3), 40 * i, np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        mask[4:12, 4:12] = 1
+        Image.fromarray(img).save(root / "images" / f"im{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
+    return root
+
+
+def _cli(*args) -> "click.testing.Result":  # noqa: F821
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def _one_line_error(res, *expected: str) -> str:
+    """The result failed with one line holding every ``expected`` text, and no traceback."""
+    assert res.exit_code not in (0, None), res.output
+    assert "Traceback" not in res.output and res.exc_info[0] is SystemExit, res.output
+    err = res.output.strip().splitlines()[-1]
+    for text in expected:
+        assert text in err, (text, res.output)
+    return err
+
+
+def _fake_artefact(cache: Path, stage: str, key: str, files: dict[str, str]) -> Path:
+    """A finished artefact folder laid out as the cache lays them out, holding ``files``."""
+    from pointparse.cache import record_outputs
+
+    folder = cache / stage / key[:2] / key
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    manifest = {"stage": stage, "key": key, "version": 1, "params": {}, "inputs": {},
+                "outputs": record_outputs(folder)}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+# ------------------------------------------------------------------------------------------------
+# item 6: cache poisoning through --out
+# ------------------------------------------------------------------------------------------------
+
+
+def test_item6_out_inside_the_cache_is_refused_for_every_command(tmp_path):
+    """``--out <cache>/report/xx/K1`` passed the old check because that folder's manifest says
+    "report": report, ablate-extension, predict and export-points now refuse any --out inside the
+    cache root (or inside any cache artefact) before any work, and the artefact is untouched."""
+    cache = tmp_path / "c"
+    k1 = "ab" + "1" * 62
+    report = _fake_artefact(cache, "report", k1, {"index.md": "row A\n"})
+    table = _fake_artefact(cache, "ablate-extension", "cd" + "2" * 62, {"extension_table.csv": "method\n"})
+    before = {p: p.read_bytes() for p in (report, table) for p in p.iterdir()}
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not read: the --out check comes first")
+    root = _folder_dataset(tmp_path / "data")
+    made = _cli("make-points", "--dataset", "folder", "--root", root, "--cache-dir", cache, "-q", "--workers", "0")
+    assert made.exit_code == 0, made.output
+    points = next(cache.glob("make-points/*/*/manifest.json")).parent
+    cases = [
+        ["report", "--run", "B=" + str(report), "--out", report],
+        ["report", "--run", "B=x", "--out", cache / "report" / "new"],
+        ["ablate-extension", ckpt, "--points", points, "--out", table],
+        ["predict", ckpt, root / "images", "--out", cache / "predictions"],
+        ["export-points", points, "--format", "sparse-png", "--out", points / "sparse"],
+        ["export-points", points, "--format", "text", "--out", points / "points.json"],
+    ]
+    for args in cases:
+        res = _cli(*args, "--cache-dir", cache)
+        _one_line_error(res, "inside the cache")
+    # a cache artefact is recognised by its layout even under another --cache-dir
+    other = _cli("report", "--run", "B=x", "--out", report, "--cache-dir", tmp_path / "elsewhere")
+    _one_line_error(other, "inside the cache artefact")
+    # and a folder that holds the cache root would delete it
+    _one_line_error(_cli("report", "--run", "B=x", "--out", tmp_path, "--cache-dir", cache), "holds the cache root")
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (cache / "report" / "new").exists() and not (cache / "predictions").exists()
