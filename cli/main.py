@@ -181,8 +181,11 @@ def cache_cmd(clear_stage, cache_dir):
     """Show the cache root and its size per stage, or clear it."""
     cache = StageCache(cache_dir)
     if clear_stage:
-        n = cache.clear(None if clear_stage == "all" else clear_stage)
-        click.echo(f"removed {n} artefact(s) from {cache.root}")
+        done = cache.clear(None if clear_stage == "all" else clear_stage)
+        click.echo(f"removed {done.artefacts} artefact(s) and {done.unfinished} unfinished run(s) from {cache.root}")
+        for stage, key, what, pid in done.skipped:
+            click.echo(f"  skipped {stage} {key[:12]} ({what}): in use, pid {pid} holds its lock (a build is running); "
+                       "clear it again when that command has ended")
         return
     click.echo(f"cache root: {cache.root.resolve()}")
     if cache.root.is_dir():

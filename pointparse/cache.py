@@ -170,15 +170,9 @@ class StageCache:
                 continue
             if fcntl is None:
                 continue
-            fd = os.open(entry.parent / f".{k}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a live build
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-            finally:
-                os.close(fd)
+            with _claim(entry.parent / f".{k}.lock") as free:
+                if free:  # else a live build
+                    shutil.rmtree(entry, ignore_errors=True)
 
     @contextlib.contextmanager
     def locked(self, stage: str, key: str) -> Iterator[None]:
@@ -283,11 +277,13 @@ class StageCache:
         here = [d.name for d in self.root.iterdir() if _is_stage_folder(d)] if self.root.is_dir() else []
         return sorted(set(KNOWN_STAGES) | set(here))
 
-    def clear(self, stage: str | None = None) -> int:
-        """Delete cached artefacts (of one stage, or all); returns the number of artefacts removed.
+    def clear(self, stage: str | None = None) -> "Cleared":
+        """Delete cached artefacts (of one stage, or all) and what unfinished runs left; says what.
 
         Only folders laid out as stage folders (``<2 hex>/<64-hex key>...``) directly under the root
-        are deleted, so a wrong ``--cache-dir`` or stage name can never remove anything else.
+        are deleted, so a wrong ``--cache-dir`` or stage name can never remove anything else. A key
+        whose lock is held (a live build, its ``.partial`` or temporary folder) is skipped and listed:
+        deleting it would pull the folder from under the process writing it.
         """
         if stage is None:
             targets = ([d for d in self.root.iterdir() if _is_stage_folder(d, d.name in KNOWN_STAGES)]
@@ -298,16 +294,96 @@ class StageCache:
                 raise unknown_choice("cache stage", stage, [*valid, "all"])
             target = self.root / stage
             if not target.exists():
-                return 0
+                return Cleared()
             if not _is_stage_folder(target, allow_empty=True):
                 raise DataError(target, "does not look like a pointparse cache stage folder "
                                         "(expected only <2 hex>/<key> folders in it); not deleting it")
             targets = [target]
-        n = 0
+        done = Cleared()
         for target in targets:
-            n += sum(1 for _ in target.glob("*/*/" + MANIFEST))
-            shutil.rmtree(target)
-        return n
+            for shard in sorted(target.iterdir()):
+                _clear_shard(target.name, shard, done)
+                with contextlib.suppress(OSError):
+                    shard.rmdir()  # only when emptied
+            with contextlib.suppress(OSError):
+                target.rmdir()
+        return done
+
+
+@dataclass
+class Cleared:
+    """What :meth:`StageCache.clear` did: finished artefacts and unfinished runs (``.partial``
+    folders, temporary folders of killed runs) removed, and the keys it left because their lock is
+    held: ``(stage, key, what is there, holder pid)``."""
+
+    artefacts: int = 0
+    unfinished: int = 0
+    skipped: list[tuple[str, str, str, str]] = field(default_factory=list)
+
+
+def _clear_shard(stage: str, shard: Path, done: Cleared) -> None:
+    """Delete every key of one shard folder whose lock nobody holds (each while holding it)."""
+    by_key: dict[str, list[Path]] = {}
+    for e in shard.iterdir():
+        by_key.setdefault(e.name.lstrip(".")[:64], []).append(e)
+    for key, entries in sorted(by_key.items()):
+        lock = shard / f".{key}.lock"
+        with _claim(lock) as free:
+            if not free:
+                what = sorted({_kind_of(e.name) for e in entries if e != lock}) or ["lock"]
+                done.skipped.append((stage, key, ", ".join(what), _holder(lock)))
+                continue
+            for e in entries:
+                if e == lock:
+                    continue
+                if e.name == key and (e / MANIFEST).is_file():
+                    done.artefacts += 1
+                elif e.is_dir():
+                    done.unfinished += 1
+                if e.is_dir() and not e.is_symlink():
+                    shutil.rmtree(e)
+                else:
+                    e.unlink()
+            if lock.exists():
+                lock.unlink()  # while holding it: a process that opens it now makes a new one
+
+
+@contextlib.contextmanager
+def _claim(lock: Path) -> Iterator[bool]:
+    """Take ``lock`` without waiting: yields True while holding it, False when another process
+    holds it (a live build). Without POSIX locks every key is free."""
+    if fcntl is None:
+        yield True
+        return
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # its shard was removed meanwhile
+        yield True
+        return
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            yield False
+        else:
+            yield True
+    finally:
+        os.close(fd)
+
+
+def _kind_of(entry: str) -> str:
+    """What a cache entry is, in words: a finished artefact, a partial run or a temporary folder."""
+    return "partial run" if entry.endswith(".partial") else "temporary folder" if entry.startswith(".") else "artefact"
+
+
+def _holder(lock: Path) -> str:
+    """The pid a lock file names (what :meth:`StageCache.locked` writes into it), or ``?``."""
+    try:
+        return lock.read_text(encoding="utf-8").strip() or "?"
+    except OSError:
+        return "?"
 
 
 def _sha256(path: Path) -> str:

@@ -96,3 +96,51 @@ def test_item6_out_inside_the_cache_is_refused_for_every_command(tmp_path):
     _one_line_error(_cli("report", "--run", "B=x", "--out", tmp_path, "--cache-dir", cache), "holds the cache root")
     assert {p: p.read_bytes() for p in before} == before
     assert not (cache / "report" / "new").exists() and not (cache / "predictions").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# item 7: `cache --clear` respects locks
+# ------------------------------------------------------------------------------------------------
+
+# holds the lock of a key as a live build does (StageCache.locked: lockf on .<key>.lock, its pid in it)
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("locked", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_item7_cache_clear_skips_a_live_partial_run_and_counts_what_it_removed(tmp_path):
+    """`cache --clear train` during a training deleted its `.partial` (printing "removed 0
+    artefact(s)"): a key whose lock is held is now skipped and named, with the holder's pid."""
+    import subprocess
+    import sys
+
+    from pointparse.cache import StageCache
+
+    cache = StageCache(tmp_path / "c")
+    done = cache.run("train", 1, {"lr": 1}, {}, lambda d: (d / "model.pt").write_text("w") and None)
+    live = "ab" + "c" * 62
+    partial = cache.path_for("train", live).with_name(f"{live}.partial")
+    partial.mkdir(parents=True)
+    (partial / "checkpoint.pt").write_text("epoch 3")
+    dead = partial.with_name(f".{'ab' + 'd' * 62}.999999.tmp")  # a killed run's: nobody holds its lock
+    dead.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(partial.with_name(f".{live}.lock"))],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        res = _cli("cache", "--clear", "train", "--cache-dir", tmp_path / "c")
+        assert res.exit_code == 0, res.output
+        assert "removed 1 artefact(s) and 1 unfinished run(s)" in res.output, res.output
+        assert f"skipped train {live[:12]} (partial run): in use, pid {holder.pid} holds its lock" in res.output
+        assert (partial / "checkpoint.pt").read_text() == "epoch 3"
+        assert not done.path.exists() and not dead.exists()
+    finally:
+        holder.communicate("\n", timeout=60)
+    res = _cli("cache", "--clear", "train", "--cache-dir", tmp_path / "c")  # the build has ended
+    assert res.exit_code == 0 and "removed 0 artefact(s) and 1 unfinished run(s)" in res.output, res.output
+    assert not (tmp_path / "c" / "train").exists()
