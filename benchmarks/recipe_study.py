@@ -60,7 +60,7 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   get seeds 1 and 2. **The default network** is the N2 candidate with the best mean rank over the
   four cells computed on 3-seed means — provided its mean CamVid training time is at most 1.5×
   ``cpu``'s (users' CPU budgets and the quickstart's 6 minutes); otherwise the next one.
-  *Amended 2026-12-02 12:50, after the first four runs (``cpu``, seed 0) and before any run of
+  *Amended 2026-12-02 12:45, after the first four runs (``cpu``, seed 0) and before any run of
   the amended rows, for cost only* — this machine trains at half the speed the plan assumed (a
   CamVid run ~1000 s of both cores): ``v3+ adamw os8`` is not trained, because its measured
   training step (Lite0, batch 8, 256 px, 2 threads) is 10.3 s against 1.39 s for ``cpu`` (7.4×,
