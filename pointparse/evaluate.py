@@ -12,7 +12,7 @@ import queue
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -138,7 +138,7 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
 
     With loader processes (CUDA by default) a DataLoader feeds the model. Without (CPU by
     default: a process would compete with the intra-op threads for the cores) one thread decodes
-    the next images while the model runs (:func:`_decoded_in_thread`), and on CPU the confusion
+    the next images while the model runs (:func:`decoded_in_thread`), and on CPU the confusion
     counts are taken with numpy from the uint8 mask (the same integers, a tenth of the time of
     the int64 tensor path).
     """
@@ -169,7 +169,7 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
             cm.update(infer(batch["image"]).argmax(1), batch["dense"].to(device, non_blocking=True))
     else:
         counts = np.zeros(num_classes * num_classes, np.int64)
-        decoded = _decoded_in_thread(dataset, indices)
+        decoded = decoded_in_thread(dataset, indices)
         try:
             for sample in tqdm(decoded, total=len(indices), desc="evaluate", disable=not show,
                                leave=False, dynamic_ncols=True):
@@ -195,9 +195,10 @@ def _confusion_counts(target: np.ndarray, pred: np.ndarray, num_classes: int) ->
     return np.bincount(idx.ravel(), minlength=256 * n)[:n * n]
 
 
-def _decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: int = PREFETCH) -> Iterator:
-    """``dataset.load(i, with_instances=False)`` for each of ``indices``, decoded by one background
-    thread up to ``depth`` images ahead, so decoding overlaps inference.
+def decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: int = PREFETCH,
+                      load: Callable[[int], Any] | None = None) -> Iterator:
+    """``dataset.load(i, with_instances=False)`` (or ``load(i)``) for each of ``indices``, decoded by
+    one background thread up to ``depth`` images ahead, so decoding overlaps inference.
 
     A thread rather than a loader process: PIL and OpenCV release the GIL while they decode, and
     no second process competes with the intra-op threads for the cores. The thread only reads
@@ -221,7 +222,7 @@ def _decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: 
     def decode() -> None:
         try:
             for i in indices:
-                if not put((True, dataset.load(i, with_instances=False))):
+                if not put((True, dataset.load(i, with_instances=False) if load is None else load(i))):
                     return
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put((False, exc))
