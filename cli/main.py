@@ -98,6 +98,9 @@ class _TrainCommand(click.Command):
 def _train_options(fn):
     opts = [
         click.option("--points", "points_ref", default=None, help="make-points artefact folder or cache key."),
+        click.option("--labels", "labels_ref", default=None,
+                     help="A label set trained on beside the clicks (pseudo-labels or extension-labels artefact "
+                          "folder or key; weight --label-weight)."),
         click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
                      help="Any TrainConfig value by name, e.g. --set momentum=0.95 (repeatable)."),
         click.option("--val-split", default=None, help="Evaluate the final model on this split."),
@@ -116,8 +119,8 @@ def _train_options(fn):
 @content_option
 @quiet_option
 @friendly
-def train_cmd(kind, root, split, options, points_ref, sets, val_split, gpus, cache_dir, force, content_hash, quiet,
-              **fields):
+def train_cmd(kind, root, split, options, points_ref, labels_ref, sets, val_split, gpus, cache_dir, force,
+              content_hash, quiet, **fields):
     """Train a DeepLab-style network from points (CE + PDML + extension) or full masks.
 
     Every option maps onto pointparse.train_config.TrainConfig; --recipe NAME sets many at once
@@ -136,7 +139,7 @@ def train_cmd(kind, root, split, options, points_ref, sets, val_split, gpus, cac
     cfg = TrainConfig.from_dict(given)
     res = run_train(spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir), points=points_ref,
                     val_split=val_split, eval_cfg=EvalConfig(device=cfg.device, amp=cfg.amp), gpus=gpus, force=force,
-                    content_hash=content_hash, progress=not quiet)
+                    content_hash=content_hash, progress=not quiet, labels=labels_ref)
     echo_result(res, "train")
     s = res.manifest.get("summary") or {}
     if s.get("miou") is not None:
@@ -232,11 +235,13 @@ def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
         elif res.stage == "report":
             click.echo(f"{name}:")
             click.echo(format_summary(res))
+        elif res.stage == "pseudo-labels":
+            click.echo(f"{name}:{pseudo.summary_line(res.manifest.get('summary') or {})}")
 
 
 # The other commands live in their own modules; they import only from .options, so no cycle.
-from . import ablate, clicks, predict, report  # noqa: E402
+from . import ablate, clicks, predict, pseudo, report  # noqa: E402
 
 for _cmd in (ablate.ablate_extension_cmd, report.report_cmd, clicks.import_clicks_cmd, clicks.export_points_cmd,
-             predict.predict_cmd, predict.export_model_cmd):
+             predict.predict_cmd, predict.export_model_cmd, pseudo.pseudo_labels_cmd):
     main.add_command(_cmd)

@@ -44,7 +44,7 @@ MANIFEST = "manifest.json"
 # Every stage the package writes; `cache --clear NAME` accepts these (and any other folder of the
 # root laid out as a stage), so a typo lists them instead of silently removing nothing.
 KNOWN_STAGES = ("scenes", "make-points", "import-clicks", "train", "evaluate", "extension-row",
-                "extension-labels", "ablation-evaluate", "ablate-extension", "report")
+                "extension-labels", "ablation-evaluate", "ablate-extension", "pseudo-labels", "report")
 _SHARD = re.compile(r"[0-9a-f]{2}")
 # an artefact, its .partial, .<key>.<pid>.tmp, .<key>.old-<pid> or .<key>.lock
 _ENTRY = re.compile(r"\.?[0-9a-f]{64}(\..+)?")

@@ -248,6 +248,11 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
                 elif t not in groups:
                     err(_line(st.spec, r), f"stage {st.name!r}: {r} refers to unknown stage {t!r}")
                 else:
+                    allowed = sk.ref_kinds.get(r)
+                    kind_of = stages[groups[t][0]].kind if groups[t] else None
+                    if allowed and kind_of not in allowed:
+                        err(_line(st.spec, r), f"stage {st.name!r}: {r} must name a {' or '.join(allowed)} stage; "
+                                               f"{t!r} is a {kind_of} stage")
                     refs += groups[t]
         for t in st.spec.get("after") or []:
             if not isinstance(t, str) or t not in groups:
@@ -257,6 +262,14 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         st.deps = list(dict.fromkeys(refs))
         if st.kind == "train" and st.params.get("supervision", "points") == "points" and not st.spec.get("points"):
             err(st.line, f"stage {st.name!r}: point supervision needs 'points: <make-points stage>'")
+        if st.kind == "train" and st.params.get("supervision") == "full" and st.spec.get("labels"):
+            err(_line(st.spec, "labels"), f"stage {st.name!r}: 'labels' trains beside the clicks; full supervision "
+                                          "trains on the dense masks alone (drop one of them)")
+        if st.kind == "pseudo-labels" and st.params.get("combine", "none") != "none" and not st.spec.get("labels"):
+            err(st.line, f"stage {st.name!r}: combine {st.params['combine']!r} needs 'labels: <label-set stage>'")
+        if st.kind == "pseudo-labels" and st.params.get("combine", "none") == "none" and st.spec.get("labels"):
+            err(_line(st.spec, "labels"), f"stage {st.name!r}: 'labels' is combined by a rule: set params.combine "
+                                          "(intersect, fill or agree)")
     order = _toposort(stages, err)
     if errors:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(errors))

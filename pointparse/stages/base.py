@@ -3,7 +3,7 @@
 A stage kind is a class with a ``name``, a ``version`` (bumped when its output would change for
 the same inputs), the dataclass its pipeline ``params`` build (``params_type``), the other fields
 a pipeline stage of that kind may carry (``fields``; ``required`` those it must have) and
-those that name upstream stages (``refs``). An instance holds one invocation: its configuration and its upstream artefacts
+those that name upstream stages (``refs``; ``ref_kinds`` the kinds a ref may name). An instance holds one invocation: its configuration and its upstream artefacts
 (:class:`Upstream`). Two methods define it:
 
 * ``plan() -> (params, inputs)``: everything its cache key depends on, computed without work;
@@ -112,6 +112,8 @@ class Stage:
     params_type: ClassVar[type | None] = None
     fields: ClassVar[tuple[str, ...]] = ()
     refs: ClassVar[tuple[str, ...]] = ()
+    #: for a ref field, the stage kinds it may name (checked with the file); absent = any kind
+    ref_kinds: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: fields a pipeline stage of this kind must have besides ``dataset`` (checked with the file)
     required: ClassVar[tuple[str, ...]] = ()
     cache: StageCache

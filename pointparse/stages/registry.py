@@ -7,9 +7,10 @@ from .base import Stage
 from .evaluate import Evaluate
 from .import_clicks import ImportClicks
 from .make_points import MakePoints
+from .pseudo_labels import PseudoLabels
 from .report import Report
 from .train import Train
 
 
 STAGE_KINDS: dict[str, type[Stage]] = {cls.name: cls for cls in (MakePoints, ImportClicks, Train, Evaluate,
-                                                                  AblateExtension, Report)}
+                                                                  AblateExtension, PseudoLabels, Report)}

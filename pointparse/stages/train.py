@@ -1,8 +1,9 @@
 """The ``train`` stage: a model trained on a split (resumable; one or several processes or nodes).
 
 Key: the :class:`~pointparse.train_config.TrainConfig` without what changes only speed (workers, device,
-logging), the split's fingerprint, the points artefact's key (point supervision), the validation
-split's fingerprint and the evaluation options. A killed run continues from its last epoch
+logging), the split's fingerprint, the points artefact's key (point supervision), the label set's
+key (``labels``; without one ``label_weight`` stays out of the key), the validation split's
+fingerprint and the evaluation options. A killed run continues from its last epoch
 checkpoint in ``<key>.partial``.
 """
 
@@ -31,11 +32,13 @@ from ..errors import ConfigError, DataError
 from ..evaluate import EvalConfig
 from ..io import atomic_file, read_json, write_json
 from ..keys import content_fingerprint
+from ..labelset import check_label_set, load_label_set
 from ..points import load_points
 from ..train import TENSORBOARD_DIR, train
 from ..train_config import TrainConfig
 from .base import PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
 from .evaluate import evaluate_checkpoint_into
+from .label_refs import LABEL_SET_STAGES, check_label_ref, find_label_set
 
 #: Several nodes (``torchrun_args`` with ``--nnodes``) run the same train stage into one shared
 #: ``<key>.partial`` folder. Each node's launcher hands its torchrun a fresh token in this variable;
@@ -50,7 +53,9 @@ AWAIT_ARTEFACT_S = 600.0
 
 @dataclass
 class Train(Stage):
-    """``points``: the make-points (or import-clicks) artefact of point supervision. ``gpus`` > 1
+    """``points``: the make-points (or import-clicks) artefact of point supervision; ``labels``: a
+    label set of the split (a pseudo-labels or extension-labels artefact) whose CE is added to the
+    point CE with weight ``label_weight``. ``gpus`` > 1
     launches ``torchrun`` with that many processes on this node (``torchrun_args`` adds e.g.
     ``--nnodes/--rdzv-endpoint``). With ``val_split`` the final model is evaluated on it and
     ``metrics.json`` is written beside the checkpoint."""
@@ -59,7 +64,8 @@ class Train(Stage):
     version: ClassVar[int] = 2
     params_type: ClassVar[type] = TrainConfig
     fields: ClassVar[tuple[str, ...]] = ("dataset", "split", "points", "val_split", "eval", "gpus", "torchrun_args")
-    refs: ClassVar[tuple[str, ...]] = ("points",)
+    refs: ClassVar[tuple[str, ...]] = ("points", "labels")
+    ref_kinds: ClassVar[dict] = {"labels": LABEL_SET_STAGES}
 
     spec: DatasetSpec
     config: TrainConfig
@@ -71,14 +77,17 @@ class Train(Stage):
     torchrun_args: list[str] | None = None
     content_hash: bool = False
     progress: bool = True
+    labels: Upstream | None = None
 
     @classmethod
     def from_pipeline(cls, entry: PipelineEntry, upstream: UpstreamMap, ctx: RunContext) -> "Train":
         pts = upstream.get("points")
+        labels = (upstream.get("labels") or [None])[0]
+        check_label_ref(labels, f"stage {entry.name!r}")
         return cls(ctx.dataset_for(entry), TrainConfig.from_dict(entry.params), ctx.cache,
                    points=pts[0] if pts else None, val_split=entry.spec.get("val_split"),
                    eval_config=EvalConfig(**entry.spec.get("eval", {})), gpus=int(entry.spec.get("gpus", 0)),
-                   torchrun_args=entry.spec.get("torchrun_args"), progress=ctx.progress)
+                   torchrun_args=entry.spec.get("torchrun_args"), progress=ctx.progress, labels=labels)
 
     @property
     def distributed(self) -> bool:
@@ -102,9 +111,16 @@ class Train(Stage):
             if self.points is None:
                 raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
             inputs["points"] = self.points.require_key()
+        if self.labels is not None:
+            if cfg.supervision != "points":
+                raise ConfigError("a label set (labels) trains beside the clicks; with supervision full the dense "
+                                  "masks are the labels: drop one of them")
+            inputs["labels"] = self.labels.require_key()
         if self.val_split:
             inputs["val"] = self._fingerprint(self.spec.with_split(self.val_split))
         params_train = dataclasses.asdict(dataclasses.replace(cfg, workers=0, device="", log_every=0))
+        if self.labels is None:  # it weighs nothing then; left out, the keys of runs without labels stay
+            del params_train["label_weight"]
         if cfg.weights not in ("imagenet", "none"):  # a local state dict: its bytes count, not its path
             inputs["weights"] = content_fingerprint(cfg.weights)
             params_train["weights"] = "file"
@@ -116,6 +132,10 @@ class Train(Stage):
     def point_set(self):
         return load_points(self.points.require_path()) if self.points is not None else None
 
+    @cached_property
+    def label_set(self):
+        return load_label_set(self.labels.require_path()) if self.labels is not None else None
+
     def check(self) -> None:
         check_gpus(self.gpus, self.config.batch_size, self.torchrun_args, self.cache.echo)
         if self.config.supervision == "points" and self.points is not None:
@@ -123,6 +143,8 @@ class Train(Stage):
             if self.point_set.num_points == 0:
                 raise DataError(self.point_set.path, f"holds no clicks for its {len(self.point_set.names)} images: "
                                                      "point supervision would have nothing to learn from")
+        if self.label_set is not None:
+            check_label_set(self.label_set, self.dataset)
 
     def run_options(self) -> dict:
         # Several nodes share one partial folder by design (each node's command holds its own
@@ -139,6 +161,7 @@ class Train(Stage):
         points_dir = self.points.path if self.config.supervision == "points" else None
         job = {"spec": dataclasses.asdict(self.spec), "train": dataclasses.asdict(self.config),
                "points": str(points_dir) if points_dir else None, "cache": str(self.cache.root),
+               "labels": str(self.labels.path) if self.labels is not None else None,
                "val_split": self.val_split, "eval": dataclasses.asdict(self.eval_config), "progress": self.progress}
         if points_dir is not None:  # only when training: reading every image header is not free
             check_points_inside_images(self.point_set, self.dataset)
@@ -165,20 +188,28 @@ class Train(Stage):
             out["summary"] = {k: m.get(k) for k in ("miou", "pixel_acc") if k in m}
         out["dataset_spec"] = dataclasses.asdict(self.spec)
         out["points_dir"] = str(points_dir) if points_dir else None
+        if self.labels is not None:
+            out["labels_dir"] = str(self.labels.path)
         return out
 
 
 def run_train(spec: DatasetSpec, train_cfg: TrainConfig, cache: StageCache, points: str | Path | None = None,
               val_split: str | None = None, eval_cfg: EvalConfig | None = None, gpus: int = 0, force: bool = False,
-              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None) -> StageResult:
-    """:class:`Train` run in one call; ``points`` is a make-points artefact folder or key."""
+              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None,
+              labels: str | Path | None = None) -> StageResult:
+    """:class:`Train` run in one call; ``points`` is a make-points artefact folder or key, ``labels``
+    a pseudo-labels or extension-labels artefact folder or key."""
     up = None
     if train_cfg.supervision == "points":
         if points is None:
             raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
         up = Upstream.find(points, cache, "make-points")
+    elif labels is not None:
+        raise ConfigError("--labels trains beside the clicks; with --supervision full the dense masks are the labels: "
+                          "drop one of them")
+    lab = find_label_set(labels, cache) if labels is not None else None
     return Train(spec, train_cfg, cache, up, val_split, eval_cfg or EvalConfig(), gpus, torchrun_args, content_hash,
-                 progress).run(force)
+                 progress, lab).run(force)
 
 
 def check_points_match(points_info, dataset: SegmentationDataset, points_path: Path) -> None:
@@ -253,7 +284,8 @@ def run_job(run_dir: str | Path) -> None:
         ps = load_points(Path(job["points"]))
         check_points_match(ps.info, ds, Path(job["points"]))
         pts = {n: ps.points(n) for n in ps.names}
-    train(cfg, ds, pts, run_dir, progress=job.get("progress", True))
+    labels = load_label_set(job["labels"]) if job.get("labels") else None
+    train(cfg, ds, pts, run_dir, progress=job.get("progress", True), labels=labels)
     if dist.is_initialized():
         dist.barrier()  # rank 0 has written model.pt before anyone evaluates it
     if job.get("val_split"):
