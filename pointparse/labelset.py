@@ -143,6 +143,18 @@ def load_label_set(folder: str | Path) -> LabelSet:
 
 def check_label_set(labels: LabelSet, dataset: SegmentationDataset) -> None:
     """Before training: the label set has the dataset's classes and every image at its size."""
+    check_label_set_names(labels, dataset)
+    for i, name in enumerate(dataset.names):
+        rec = labels.images[name]
+        h, w = dataset.image_size(i)
+        if (rec["height"], rec["width"]) != (h, w):
+            raise DataError(labels.file(name), f"labels are {rec['width']}x{rec['height']} but image "
+                                               f"{dataset.image_path(i)} is {w}x{h}")
+
+
+def check_label_set_names(labels: LabelSet, dataset: SegmentationDataset) -> None:
+    """The label set has the dataset's classes and an entry for every image (no file is read:
+    the sizes are checked as each label map is read)."""
     if tuple(labels.classes) != tuple(dataset.info.classes):
         raise DataError(labels.path / LABELS_JSON, f"its classes ({len(labels.classes)}) are not the dataset's "
                                                    f"({dataset.info.num_classes}, {dataset.info.protocol}): "
@@ -152,12 +164,6 @@ def check_label_set(labels: LabelSet, dataset: SegmentationDataset) -> None:
         raise DataError(labels.path / LABELS_JSON, f"has no labels for {len(missing)} of the {len(dataset)} images "
                                                    f"of split {dataset.split!r}, e.g. {missing[0]!r} (it was made "
                                                    f"for split {labels.split!r})")
-    for i, name in enumerate(dataset.names):
-        rec = labels.images[name]
-        h, w = dataset.image_size(i)
-        if (rec["height"], rec["width"]) != (h, w):
-            raise DataError(labels.file(name), f"labels are {rec['width']}x{rec['height']} but image "
-                                               f"{dataset.image_path(i)} is {w}x{h}")
 
 
 class LabelSetDataset(SegmentationDataset):

@@ -143,3 +143,28 @@ def click_class_weights(counts, power: float) -> torch.Tensor:
     w[~clicked] = w[clicked].max()
     w = w * n.sum() / (n * w).sum()
     return w.float()
+
+
+# --------------------------------------------------------------------------------------------
+# dense labels beside the clicks (pseudo-labels, extension labels)
+# --------------------------------------------------------------------------------------------
+
+
+def label_set_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled pixels of a batch (255 ignored): the label-set term
+    the trainer adds to the point CE, times ``label_weight``.
+
+    Args:
+        logits: [B, C, h, w] raw scores at any stride (upsampled bilinearly to the labels' size,
+            computed in float32).
+        labels: [B, H, W] int64 class ids, 255 where the label set has none.
+
+    With no labelled pixel the result is a zero still connected to ``logits``.
+    """
+    if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"label_set_cross_entropy expects logits [B,C,h,w] and labels [B,H,W]; got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)}")
+    up = F.interpolate(logits.float(), size=tuple(labels.shape[1:]), mode="bilinear", align_corners=False)
+    # the sum over the labelled pixels divided by their count: no host sync to ask whether there are any
+    ce = F.cross_entropy(up, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    return ce / (labels != IGNORE_INDEX).sum().clamp_min(1)

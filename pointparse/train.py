@@ -36,7 +36,9 @@ from .errors import ConfigError
 from .extension import (extend_at_pixels, extension_stats, extension_stats_at_pixels, finalize_extension_stats,
                         merge_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
-from .losses import CLASS_BALANCE, click_class_weights, pixel_cross_entropy, point_cross_entropy, sample_embeddings
+from .labelset import LabelSet, check_label_set_names
+from .losses import (CLASS_BALANCE, click_class_weights, label_set_cross_entropy, pixel_cross_entropy,
+                     point_cross_entropy, sample_embeddings)
 from .model import IMAGENET_MEAN, IMAGENET_STD, build_model, upsample_logits
 from .pdml import gather_points, pdml_loss, subgroups
 from .pool import loader_workers, start_loader
@@ -69,6 +71,7 @@ class StepOutput:
     ce: float
     pdml: float
     crf: float = 0.0
+    label_ce: float = 0.0
     triples: int = 0
     mean_pos: float = float("nan")
     mean_neg: float = float("nan")
@@ -87,7 +90,9 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     ``no_grad`` from this same forward pass; before ``extension_start_epoch`` they are computed
     for the log only) weighted by ``class_weights`` [C], plus ``pdml_weight`` × PDML on the
     embeddings sampled at the clicks, all-gathered across ranks, plus ``crf_weight`` × the Gated
-    CRF loss. Full supervision: pixel-mean CE on dense masks.
+    CRF loss, plus ``label_weight`` × the CE on a label set's labels (``batch["labels"]``, when
+    the run has one: :func:`pointparse.losses.label_set_cross_entropy`). Full supervision:
+    pixel-mean CE on dense masks.
     """
     images = batch["image"]
     if channels_last:
@@ -130,6 +135,10 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
             + 0.0 * out["logits"].sum()
     loss = ce
     res = StepOutput(loss, float(ce.detach()), 0.0, extension=ext)
+    if "labels" in batch:  # a label set beside the clicks: its own term, the clicks' CE unchanged
+        lce = label_set_cross_entropy(out["logits"], batch["labels"])
+        res.loss = res.loss + cfg.label_weight * lce
+        res.label_ce = float(lce.detach())
     if cfg.crf_weight > 0:
         probs, rgb, gate = crf_inputs(out["logits"], batch["image"], batch["valid"], IMAGENET_MEAN, IMAGENET_STD)
         crf = gated_crf_loss(probs, rgb, gate, CRFConfig())
@@ -164,6 +173,17 @@ def freeze_batchnorm(module: torch.nn.Module, parameters: bool = False) -> None:
                 m.requires_grad_(False)
 
 
+def label_set_counts(batch: dict) -> torch.Tensor:
+    """int64 [4] on the batch's device: of the crops' label-set pixels that are not clicks, those
+    equal to the ground truth and those where it is known; ground-truth pixels carrying a label;
+    ground-truth pixels (``dense``, 255 = unknown). Summed per epoch into ``labels_accuracy`` and
+    ``labels_coverage`` (0 / 0 without dense masks)."""
+    lab, gt = batch["labels"], batch["dense"]
+    known, has = gt != IGNORE_INDEX, lab != IGNORE_INDEX
+    new = has & known & (batch["points"] == IGNORE_INDEX)
+    return torch.stack([(new & (lab == gt)).sum(), new.sum(), (has & known).sum(), known.sum()])
+
+
 def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: int, rt: Runtime,
                     amp_dtype, iter_log: JsonlWriter, progress: bool = True,
                     class_weights: torch.Tensor | None = None, curves: TensorBoardCurves | None = None) -> dict:
@@ -173,8 +193,9 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(unwrap(model).backbone)
-    sums = {"loss": 0.0, "ce": 0.0, "pdml": 0.0, "crf": 0.0, "steps": 0.0, "images": 0.0,
+    sums = {"loss": 0.0, "ce": 0.0, "pdml": 0.0, "crf": 0.0, "label_ce": 0.0, "steps": 0.0, "images": 0.0,
             "triples": 0.0, "pos_sum": 0.0, "neg_sum": 0.0, "active_sum": 0.0}
+    label_counts = None  # [4] on the device (a run with a label set): see label_set_counts
     ext_counts = []
     pos_samples, neg_samples = [], []
     channels_last = cfg.channels_last and rt.device.type == "cuda"
@@ -202,6 +223,10 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             optimizer.step()
         n = batch["image"].shape[0]
         sums["loss"] += loss_value; sums["ce"] += res.ce; sums["pdml"] += res.pdml; sums["crf"] += res.crf
+        if "labels" in batch:
+            sums["label_ce"] += res.label_ce
+            counts = label_set_counts(batch)
+            label_counts = counts if label_counts is None else label_counts + counts
         sums["steps"] += 1; sums["images"] += n
         if res.triples:
             sums["triples"] += res.triples
@@ -216,6 +241,8 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
             row_i = nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce, "pdml": res.pdml,
                                   "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
                                   "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]})
+            if "labels" in batch:
+                row_i["label_ce"] = res.label_ce
             iter_log.write(row_i)
             if curves is not None:
                 curves.log_iteration(epoch * len(loader) + it, row_i)
@@ -237,6 +264,11 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
         "lr": optimizer.param_groups[0]["lr"], "lr_head": optimizer.param_groups[-1]["lr"],
         "time_s": elapsed, "images_per_s": totals["images"] / max(elapsed, 1e-9),
     }
+    if label_counts is not None:  # every rank of a run with a label set has one
+        correct, new, covered, known = all_reduce_sum([float(v) for v in label_counts.cpu()], rt)
+        row["label_ce"] = totals["label_ce"] / steps
+        row["labels_accuracy"] = correct / new if new else None
+        row["labels_coverage"] = covered / known if known else None
     if cfg.extension != "none":
         counts = merge_extension_stats(*ext_counts) if ext_counts else merge_extension_stats()
         keys = sorted(counts)
@@ -258,11 +290,12 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
 
 def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, out_dir: str | Path,
           info: DatasetInfo | None = None, resume: bool = True, progress: bool = True,
-          stop_after_epochs: int | None = None) -> dict:
+          stop_after_epochs: int | None = None, labels: LabelSet | None = None) -> dict:
     """Train into ``out_dir`` (resuming from its ``checkpoint.pt`` when present and ``resume``).
 
     ``points`` maps image name → (xy [N, 2], classes [N]) for point supervision (``None`` for
-    full supervision). ``stop_after_epochs`` ends the process early after that many epochs (used
+    full supervision). ``labels``: a label set of the split trained on beside the clicks
+    (``label_weight``; point supervision only). ``stop_after_epochs`` ends the process early after that many epochs (used
     to test resumption). Returns the last epoch's log row. Under torchrun every rank calls this;
     only rank 0 writes files.
     """
@@ -273,6 +306,11 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.supervision == "points" and points is None:
         raise ConfigError("point supervision needs a points artefact")
+    if labels is not None and cfg.supervision != "points":
+        raise ConfigError("a label set (--labels) trains beside the clicks; with --supervision full the dense "
+                          "masks are the labels: drop one of them")
+    if labels is not None:
+        check_label_set_names(labels, dataset)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model_config(info.num_classes)).to(rt.device)
     if cfg.channels_last and rt.device.type == "cuda":
@@ -310,7 +348,8 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
 
     samples = TrainSamples(dataset, points if cfg.supervision == "points" else None,
                            AugmentConfig(cfg.crop_size, cfg.scale_min, cfg.scale_max, cfg.flip),
-                           IMAGENET_MEAN, IMAGENET_STD, seed=cfg.seed)
+                           IMAGENET_MEAN, IMAGENET_STD, seed=cfg.seed,
+                           labels=labels.label if labels is not None else None)
     per_rank = max(1, cfg.batch_size // rt.world_size)
     if cfg.batch_size % rt.world_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is not divisible by the {rt.world_size} processes")
@@ -375,6 +414,10 @@ def _epoch_line(row: dict, cfg: TrainConfig) -> str:
         parts.append(f"pdml {row['pdml']:.4f}")
         if row.get("dis_pos") is not None:
             parts.append(f"dis(+) {row['dis_pos']:.2f} dis(-) {row['dis_neg']:.2f}")
+    if row.get("label_ce") is not None:
+        parts.append(f"labels ce {row['label_ce']:.4f}")
+        if row.get("labels_accuracy") is not None:
+            parts.append(f"acc {100 * row['labels_accuracy']:.1f}% cov {100 * row['labels_coverage']:.1f}%")
     if row.get("ext_accuracy") is not None:
         parts.append(f"ext {row['ext_pixels_per_image']:.0f} px/img acc {100 * row['ext_accuracy']:.1f}%")
     parts.append(f"{row['images_per_s']:.1f} img/s")

@@ -34,7 +34,9 @@ class TrainConfig:
     accuracy and coverage against the dense masks are logged from epoch 0 either way.
     ``class_balance``: point CE weighted by inverse click frequency (``inverse``), its square
     root (``sqrt``) or not (``none``). ``crf_weight`` > 0 adds the Gated CRF loss
-    (:mod:`pointparse.crf`). ``optimizer``: the paper's SGD or AdamW; ``head_lr_mult``: the
+    (:mod:`pointparse.crf`). ``label_weight`` multiplies the CE on a label set (pseudo-labels,
+    extension labels) given beside the clicks (the train stage's ``labels``); without one it does
+    nothing and stays out of the stage's key. ``optimizer``: the paper's SGD or AdamW; ``head_lr_mult``: the
     head's learning rate over the backbone's (paper 10). ``freeze_bn``: the backbone's
     BatchNorm layers keep their ImageNet statistics and affine parameters (small batches).
     ``amp='auto'`` = bf16 on CUDA, off on CPU.
@@ -62,6 +64,8 @@ class TrainConfig:
     # beyond the paper: class-balanced point CE, Gated CRF loss
     class_balance: str = "none"
     crf_weight: float = 0.0
+    # a label set beside the clicks (the train stage's labels reference): its CE's weight
+    label_weight: float = 1.0
     # online extension (Eq. 6-7)
     extension: str = "none"
     threshold: float = 0.7
@@ -103,6 +107,7 @@ class TrainConfig:
         for name, low, strict in (("lr", 0.0, True), ("head_lr_mult", 0.0, True), ("momentum", 0.0, False),
                                   ("weight_decay", 0.0, False), ("poly_power", 0.0, False), ("alpha", 0.0, False),
                                   ("beta", 0.0, False), ("pdml_weight", 0.0, False), ("crf_weight", 0.0, False),
+                                  ("label_weight", 0.0, False),
                                   ("scale_min", 0.0, True), ("scale_max", 0.0, True)):
             v = getattr(self, name)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
@@ -176,6 +181,8 @@ FIELD_HELP = {
     "pdml_group_size": "Images per PDML subgroup (0 = the whole batch).",
     "class_balance": "Point CE weighted by click frequency: none | sqrt | inverse.",
     "crf_weight": "Weight of the Gated CRF loss on unlabelled pixels (0 = off).",
+    "label_weight": "Weight of the CE on the label set given by --labels (pseudo-labels, extension labels) "
+                    "beside the point CE.",
     "extension": "Online label extension (Eq. 6-7): none | region | score | score+region | agree.",
     "threshold": "Extension score threshold.",
     "region": "Extension square side around each click (odd).",

@@ -8,6 +8,9 @@ A training sample is a dict of
   loss's gate);
 * ``points_xy`` float32 [N, 2] click positions (x, y) in crop pixels, sub-pixel after scaling;
 * ``points_cls`` int64 [N] their classes;
+* ``labels`` int64 [S, S] a label set's labels (pseudo-labels, extension labels; 255 = none and on
+  the padding), only when one is given: moved with the image like ``dense`` (nearest neighbour),
+  so ``dense`` keeps meaning ground truth;
 * ``index`` the dataset index (used as the image id for cross-image PDML pairs).
 
 :func:`collate` stacks them into a batch and draws the sparse click map ``points`` [B, S, S]
@@ -21,6 +24,7 @@ epoch boundary sees exactly the samples an uninterrupted run would.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -53,13 +57,16 @@ class TrainSamples(torch.utils.data.Dataset):
     """Augmented training samples from a dataset and (for point supervision) a points artefact.
 
     ``points`` maps image name → (xy int [N, 2], classes int [N]); ``None`` means full
-    supervision, where only ``dense`` is used.
+    supervision, where only ``dense`` is used. ``labels`` maps an image name to its label-set
+    labels uint8 [H, W] (e.g. :meth:`pointparse.labelset.LabelSet.label`), read into ``labels``.
     """
 
     def __init__(self, dataset: SegmentationDataset, points: dict | None, aug: AugmentConfig,
-                 mean, std, seed: int = 0, need_dense: bool = True):
+                 mean, std, seed: int = 0, need_dense: bool = True,
+                 labels: Callable[[str], np.ndarray] | None = None):
         self.dataset = dataset
         self.points = points
+        self.labels = labels
         self.aug = aug
         self.mean, self.std = tuple(mean), tuple(std)
         self.seed = int(seed)
@@ -90,6 +97,10 @@ class TrainSamples(torch.utils.data.Dataset):
         dense = self.dataset.load_mask(i) if self.need_dense else None
         if dense is not None and dense.shape != (h, w):
             raise DataError(self.dataset.mask_path(i), f"mask is {dense.shape[1]}x{dense.shape[0]} but its image is {w}x{h}")
+        extra = self.labels(name) if self.labels is not None else None
+        if extra is not None and extra.shape != (h, w):
+            raise DataError(self.dataset.image_path(i), f"its label-set labels are {extra.shape[1]}x{extra.shape[0]} "
+                                                         f"but the image is {w}x{h}")
         valid = np.ones((h, w), np.uint8)
         if self.points is not None:
             xy, cls = self.points[name]
@@ -106,6 +117,8 @@ class TrainSamples(torch.utils.data.Dataset):
             valid = np.ones((nh, nw), np.uint8)
             if dense is not None:
                 dense = cv2.resize(dense, (nw, nh), interpolation=cv2.INTER_NEAREST)
+            if extra is not None:
+                extra = cv2.resize(extra, (nw, nh), interpolation=cv2.INTER_NEAREST)
             xy = (xy + 0.5) * np.array([nw / w, nh / h]) - 0.5
         # 2. pad to the crop size (image with the mean colour, labels with ignore), then crop
         c = a.crop_size
@@ -116,6 +129,8 @@ class TrainSamples(torch.utils.data.Dataset):
             valid = cv2.copyMakeBorder(valid, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=0)
             if dense is not None:
                 dense = cv2.copyMakeBorder(dense, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
+            if extra is not None:
+                extra = cv2.copyMakeBorder(extra, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=IGNORE_INDEX)
         H, W = image.shape[:2]
         y0 = int(rng.integers(0, H - c + 1))
         x0 = int(rng.integers(0, W - c + 1))
@@ -123,6 +138,8 @@ class TrainSamples(torch.utils.data.Dataset):
         valid = valid[y0:y0 + c, x0:x0 + c]
         if dense is not None:
             dense = dense[y0:y0 + c, x0:x0 + c]
+        if extra is not None:
+            extra = extra[y0:y0 + c, x0:x0 + c]
         xy = xy - np.array([x0, y0])
         # 3. horizontal flip
         if a.flip and rng.random() < 0.5:
@@ -130,13 +147,15 @@ class TrainSamples(torch.utils.data.Dataset):
             valid = valid[:, ::-1]
             if dense is not None:
                 dense = dense[:, ::-1]
+            if extra is not None:
+                extra = extra[:, ::-1]
             xy = xy.copy()
             xy[:, 0] = (c - 1) - xy[:, 0]
         keep = np.all((np.rint(xy) >= 0) & (np.rint(xy) <= c - 1), axis=1)
         xy, cls = xy[keep], cls[keep]
         dense_t = (torch.from_numpy(np.ascontiguousarray(dense)).long() if dense is not None
                    else torch.full((c, c), IGNORE_INDEX, dtype=torch.long))
-        return {
+        sample = {
             "image": normalise(image, self.mean, self.std),
             "dense": dense_t,
             "valid": torch.from_numpy(np.ascontiguousarray(valid)).bool(),
@@ -144,6 +163,9 @@ class TrainSamples(torch.utils.data.Dataset):
             "points_cls": torch.from_numpy(cls),
             "index": i,
         }
+        if extra is not None:
+            sample["labels"] = torch.from_numpy(np.ascontiguousarray(extra)).long()
+        return sample
 
 
 def collate(samples: list[dict]) -> dict:
@@ -151,7 +173,8 @@ def collate(samples: list[dict]) -> dict:
 
     Returns ``image`` [B, 3, S, S], ``dense`` [B, S, S], ``valid`` [B, S, S], ``points`` [B, S, S] (255 off clicks),
     ``points_xy`` [N, 2], ``points_cls`` [N], ``batch_index`` [N], ``image_ids`` [N] (dataset
-    indices, so ids are unique across ranks too) and ``index`` [B].
+    indices, so ids are unique across ranks too), ``index`` [B] and, when the samples carry a
+    label set's labels, ``labels`` [B, S, S] int64 (255 = none).
     """
     images = torch.stack([s["image"] for s in samples])
     dense = torch.stack([s["dense"] for s in samples])
@@ -167,10 +190,13 @@ def collate(samples: list[dict]) -> dict:
         px = xy[:, 0].round().long().clamp_(0, W - 1)
         py = xy[:, 1].round().long().clamp_(0, H - 1)
         points[bidx, py, px] = cls
-    return {
+    batch = {
         "image": images, "dense": dense, "valid": valid, "points": points, "points_xy": xy, "points_cls": cls,
         "batch_index": bidx, "image_ids": index[bidx], "index": index,
     }
+    if samples and "labels" in samples[0]:
+        batch["labels"] = torch.stack([s["labels"] for s in samples])
+    return batch
 
 
 class EvalSamples(torch.utils.data.Dataset):
