@@ -184,6 +184,7 @@ def test_the_dry_run_key_of_every_kind_is_the_key_the_run_writes(tmp_path):
     dataset: scenes
     points: imported
     params: {{pdml: false}}
+  pseudo: {{kind: pseudo-labels, dataset: scenes, checkpoint: plain, points: points, params: {{flip: false}}}}
 """))
     assert {st.kind for st in pipe.stages.values()} == set(STAGE_KINDS)  # a new kind must join this test
     before = {name: key for name, _, key in plan(pipe, ctx)}
@@ -251,3 +252,70 @@ def test_every_stage_the_package_writes_is_one_cache_clear_accepts():
 
     written = {*STAGE_KINDS, SCENES_STAGE, ExtensionRow.name, ExtensionLabels.name, AblationEvaluate.name}
     assert written == set(KNOWN_STAGES)
+
+
+TWO_ROUNDS = """
+name: two-rounds
+datasets:
+  scenes: {kind: synthetic, options: {seed: 6, size: 32, splits: {train: 4, val: 2}}}
+defaults:
+  train: {weights: none, pdml: false, epochs: 1, batch_size: 2, crop_size: 32, workers: 0}
+  pseudo-labels: {flip: false}
+stages:
+  points: {kind: make-points, dataset: scenes, params: {workers: 0}}
+  r0: {kind: train, dataset: scenes, points: points}
+  pl1: {kind: pseudo-labels, dataset: scenes, checkpoint: r0, points: points}
+  r1: {kind: train, dataset: scenes, points: points, labels: pl1}
+  pl2: {kind: pseudo-labels, dataset: scenes, checkpoint: r1, points: points, params: {rule: top-share}}
+  r2: {kind: train, dataset: scenes, points: points, labels: pl2, params: {label_weight: 0.5}}
+"""
+
+
+def test_two_rounds_of_self_training_and_their_dry_run(tmp_path):
+    """make-points -> train -> pseudo-labels -> train -> pseudo-labels -> train: before the run the
+    dry run knows the keys that do not depend on a trained network, the others are '-'; after it
+    every key is known and is the one the run wrote."""
+    p = _write(tmp_path, TWO_ROUNDS)
+    cache = ["--cache-dir", str(tmp_path / "c")]
+
+    def dry() -> dict:
+        r = CliRunner().invoke(main, ["run", str(p), "--dry-run", *cache])
+        assert r.exit_code == 0, r.output
+        return {ln.split()[0]: ln.split() for ln in r.output.strip().splitlines()}
+
+    before = dry()
+    assert list(before) == ["points", "r0", "pl1", "r1", "pl2", "r2"]
+    assert before["points"][-1] != "-" and before["r0"][-1] != "-"
+    assert all(before[n][-1] == "-" for n in ("pl1", "r1", "pl2", "r2"))
+    pipe = load_pipeline(p)
+    ctx = RunContext(cache=StageCache(tmp_path / "c"), datasets=pipe.datasets, progress=False, echo=lambda s: None)
+    results = run_pipeline(pipe, ctx)
+    after = dry()
+    assert all(after[n][1] == "cached" and results[n].key.startswith(after[n][-1]) for n in results)
+    assert results["r1"].manifest["inputs"]["labels"] == results["pl1"].key
+    assert results["r2"].manifest["inputs"]["labels"] == results["pl2"].key
+    assert results["r2"].manifest["params"]["train"]["label_weight"] == 0.5
+    assert "label_weight" not in results["r0"].manifest["params"]["train"]
+    rows = (results["r1"].path / "epochs.jsonl").read_text()
+    assert '"label_ce"' in rows and '"labels_accuracy"' in rows
+
+
+@pytest.mark.parametrize("stage, expected", [
+    ("  t: {kind: train, dataset: scenes, points: points, labels: points}\n",
+     "labels must name a pseudo-labels or extension-labels stage; 'points' is a make-points stage"),
+    ("  t: {kind: train, dataset: scenes, labels: pl, params: {supervision: full, pdml: false}}\n"
+     "  pl: {kind: pseudo-labels, dataset: scenes, checkpoint: r, points: points}\n"
+     "  r: {kind: train, dataset: scenes, points: points}\n", "full supervision trains on the dense masks"),
+    ("  pl: {kind: pseudo-labels, dataset: scenes, checkpoint: points, points: points}\n",
+     "checkpoint must name a train stage"),
+    ("  pl: {kind: pseudo-labels, dataset: scenes, checkpoint: r, points: points, params: {combine: fill}}\n"
+     "  r: {kind: train, dataset: scenes, points: points}\n", "combine 'fill' needs 'labels"),
+    ("  pl: {kind: pseudo-labels, dataset: scenes, points: points}\n", "needs 'checkpoint'"),
+    ("  pl: {kind: pseudo-labels, dataset: scenes, checkpoint: r, points: points, params: {rule: otsu}}\n"
+     "  r: {kind: train, dataset: scenes, points: points}\n", "unknown confidence rule 'otsu'"),
+])
+def test_label_set_references_are_checked_with_the_file(tmp_path, stage, expected):
+    path = tmp_path / "p.yaml"
+    path.write_text(BASE + stage)
+    with pytest.raises(ConfigError, match=expected):
+        load_pipeline(path)

@@ -212,3 +212,119 @@ def test_loaders_run_in_the_main_process_on_cpu_unless_told(cache, monkeypatch):
     # evaluation reads image and mask only; the instance map is for make-points
     ds = open_spec(SPEC.with_split("val"), cache)
     assert ds.load(0).instances is not None and ds.load(0, with_instances=False).instances is None
+
+
+# ------------------------------------------------------------------------------------------------
+# a label set beside the clicks (issue 22)
+# ------------------------------------------------------------------------------------------------
+
+
+def _label_set(ds, folder: Path, every: int | None = 2):
+    """A label set of ``ds``: its ground truth, every ``every``-th row 255 (``None``: none)."""
+    from pointparse.labelset import LabelSetWriter
+
+    w = LabelSetWriter(folder, ds.info, ds.split, "test")
+    for i, name in enumerate(ds.names):
+        lab = ds.load_mask(i).copy()
+        if every:
+            lab[1::every] = 255
+        w.write(name, lab)
+    return w.finish(ds)
+
+
+def test_label_set_labels_move_with_the_image(cache, tmp_path):
+    """The labels take the image's scale, crop (with 255 on the padding) and flip: a label set equal
+    to the ground truth stays equal to ``dense`` in every augmented sample."""
+    ds = open_spec(SPEC, cache)
+    ls = _label_set(ds, tmp_path / "ls", every=None)  # the ground truth itself
+    samples = TrainSamples(ds, _points_of(cache), AugmentConfig(80, 0.6, 1.4, True), (0.5,) * 3, (0.5,) * 3,
+                           seed=2, labels=ls.label)
+    padded = 0
+    for epoch in range(2):
+        samples.set_epoch(epoch)
+        for i in range(len(samples)):
+            s = samples[i]
+            assert torch.equal(s["labels"], s["dense"])
+            padded += int((~s["valid"]).sum() > 0 and (s["labels"][~s["valid"]] == 255).all())
+    assert padded > 0
+    batch = collate([samples[i] for i in range(3)])
+    assert batch["labels"].shape == batch["dense"].shape and batch["labels"].dtype == torch.int64
+    assert "labels" not in collate([TrainSamples(ds, _points_of(cache), AugmentConfig(48), (0.5,) * 3,
+                                                 (0.5,) * 3)[0]])
+
+
+def _points_of(cache):
+    return _points(run_make_points(SPEC, MakePointsConfig(workers=0), cache, progress=False).path)
+
+
+class _FullResolution(torch.nn.Module):
+    """Logits that are a parameter at the input's resolution, so each pixel's gradient is its own."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, images):
+        return {"logits": self.logits * 1.0}
+
+
+def test_a_step_with_labels_and_clicks():
+    """The loss is the click CE plus label_weight x the label set's pixel-mean CE, and the label
+    term's gradient reaches the logits at the labelled pixels only."""
+    B, C, S = 2, 4, 12
+    g = torch.Generator().manual_seed(1)
+    points = torch.full((B, S, S), 255, dtype=torch.long)
+    points[0, 2, 3], points[1, 7, 5] = 1, 3
+    labels = torch.full((B, S, S), 255, dtype=torch.long)
+    labels[0, :4, :6] = torch.randint(0, C, (4, 6), generator=g)
+    labels[1, 9:, :] = 2
+    batch = {"image": torch.zeros(B, 3, S, S), "points": points, "dense": torch.full((B, S, S), 255),
+             "valid": torch.ones(B, S, S, dtype=torch.bool), "labels": labels}
+    cfg = TrainConfig(weights="none", pdml=False, label_weight=0.7)
+
+    def step(batch):
+        model = _FullResolution((B, C, S, S))
+        res = compute_losses(model, batch, cfg, 0, None, None)
+        res.loss.backward()
+        return res, model.logits.grad
+
+    with_labels, grad_with = step(batch)
+    without, grad_without = step({k: v for k, v in batch.items() if k != "labels"})
+    logits = _FullResolution((B, C, S, S)).logits.detach()
+    expected = torch.nn.functional.cross_entropy(logits, labels, ignore_index=255)
+    assert with_labels.label_ce == pytest.approx(float(expected), rel=1e-5) and without.label_ce == 0.0
+    total = float(without.loss.detach()) + 0.7 * float(expected)
+    assert float(with_labels.loss.detach()) == pytest.approx(total, rel=1e-5)
+    assert with_labels.ce == without.ce  # the clicks' CE is untouched
+    reached = (grad_with - grad_without).abs().sum(1) > 0
+    assert torch.equal(reached, labels != 255)
+
+
+def test_training_with_a_label_set(cache, points_dir, tmp_path):
+    ds = open_spec(SPEC, cache)
+    ls = _label_set(ds, tmp_path / "ls")
+    row = train(tiny_cfg(epochs=1, pdml=False), ds, _points(points_dir), tmp_path / "run", progress=False, labels=ls)
+    assert row["label_ce"] > 0 and row["labels_accuracy"] == 1.0 and 0.3 < row["labels_coverage"] < 0.7
+    it = json.loads((tmp_path / "run" / "iterations.jsonl").read_text().splitlines()[0])
+    assert it["label_ce"] > 0
+    with pytest.raises(ConfigError, match="trains beside the clicks"):
+        train(tiny_cfg(supervision="full", pdml=False), ds, None, tmp_path / "full", progress=False, labels=ls)
+
+
+def test_the_train_key_includes_the_label_set_and_label_weight_only_with_one(cache, points_dir, tmp_path):
+    from pointparse.stages.base import Upstream
+    from pointparse.stages.train import Train
+
+    pts = Upstream("make-points", "1" * 64, points_dir)
+    labels = Upstream("pseudo-labels", "2" * 64, tmp_path)
+
+    def key(labels=None, **kw):
+        return Train(SPEC, tiny_cfg(**kw), cache, pts, labels=labels).key()
+
+    assert key() == key(label_weight=3.0)  # nothing to weigh: the keys of runs without labels stay
+    assert key(labels) != key() and key(labels) != key(labels, label_weight=3.0)
+    assert key(Upstream("pseudo-labels", "3" * 64, tmp_path)) != key(labels)
+    with pytest.raises(ConfigError, match="drop one of them"):
+        Train(SPEC, tiny_cfg(supervision="full", pdml=False), cache, None, labels=labels).key()
+    with pytest.raises(ConfigError, match="label_weight must be a finite number >= 0"):
+        tiny_cfg(label_weight=-1)
