@@ -29,7 +29,8 @@ from .options import spec_from_options
 @click.option("--scales", default="1", show_default=True, help="Comma-separated test scales, e.g. 0.75,1,1.25 (probabilities averaged).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
 @click.option("--window", default=0, type=int, help="Sliding-window crop size (0 = whole image).")
-@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
+@click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="off", show_default=True,
+              help="Autocast for inference (off: bf16 logits would tie the confidence scores).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @cache_option
 @force_option
