@@ -210,8 +210,8 @@ def cache_cmd(clear_stage, cache_dir):
 def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
     """Run a pipeline file (stages in dependency order, through the cache).
 
-    PIPELINE is a YAML file, or the name of a shipped pipeline (quickstart, labelmefacade-cpu,
-    pascal-context, ade20k). Killing a run and starting it again continues where it stopped.
+    PIPELINE is a YAML file, or the name of a shipped pipeline (quickstart, selftrain-quick,
+    labelmefacade-cpu, pascal-context, ade20k). Killing a run and starting it again continues where it stopped.
     """
     from pointparse.pipeline import RunContext, load_pipeline, plan, run_pipeline, shipped_pipeline
 
