@@ -31,6 +31,7 @@ from ..errors import ConfigError, DataError
 from ..evaluate import EvalConfig
 from ..io import atomic_file, read_json, write_json
 from ..keys import content_fingerprint
+from ..labelset import LabelSetDataset, check_label_set, load_label_set
 from ..points import load_points
 from ..train import TENSORBOARD_DIR, train
 from ..train_config import TrainConfig
@@ -53,13 +54,14 @@ class Train(Stage):
     """``points``: the make-points (or import-clicks) artefact of point supervision. ``gpus`` > 1
     launches ``torchrun`` with that many processes on this node (``torchrun_args`` adds e.g.
     ``--nnodes/--rdzv-endpoint``). With ``val_split`` the final model is evaluated on it and
-    ``metrics.json`` is written beside the checkpoint."""
+    ``metrics.json`` is written beside the checkpoint. ``labels``: a label set (``extension-labels``)
+    whose labels replace the split's masks (:class:`pointparse.labelset.LabelSetDataset`)."""
 
     name: ClassVar[str] = "train"
     version: ClassVar[int] = 2
     params_type: ClassVar[type] = TrainConfig
     fields: ClassVar[tuple[str, ...]] = ("dataset", "split", "points", "val_split", "eval", "gpus", "torchrun_args")
-    refs: ClassVar[tuple[str, ...]] = ("points",)
+    refs: ClassVar[tuple[str, ...]] = ("points", "labels")
 
     spec: DatasetSpec
     config: TrainConfig
@@ -71,14 +73,16 @@ class Train(Stage):
     torchrun_args: list[str] | None = None
     content_hash: bool = False
     progress: bool = True
+    labels: Upstream | None = None
 
     @classmethod
     def from_pipeline(cls, entry: PipelineEntry, upstream: UpstreamMap, ctx: RunContext) -> "Train":
-        pts = upstream.get("points")
+        pts, labels = upstream.get("points"), upstream.get("labels")
         return cls(ctx.dataset_for(entry), TrainConfig.from_dict(entry.params), ctx.cache,
                    points=pts[0] if pts else None, val_split=entry.spec.get("val_split"),
                    eval_config=EvalConfig(**entry.spec.get("eval", {})), gpus=int(entry.spec.get("gpus", 0)),
-                   torchrun_args=entry.spec.get("torchrun_args"), progress=ctx.progress)
+                   torchrun_args=entry.spec.get("torchrun_args"), progress=ctx.progress,
+                   labels=labels[0] if labels else None)
 
     @property
     def distributed(self) -> bool:
@@ -102,6 +106,8 @@ class Train(Stage):
             if self.points is None:
                 raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
             inputs["points"] = self.points.require_key()
+        if self.labels is not None:
+            inputs["labels"] = self.labels.require_key()
         if self.val_split:
             inputs["val"] = self._fingerprint(self.spec.with_split(self.val_split))
         params_train = dataclasses.asdict(dataclasses.replace(cfg, workers=0, device="", log_every=0))
@@ -118,6 +124,8 @@ class Train(Stage):
 
     def check(self) -> None:
         check_gpus(self.gpus, self.config.batch_size, self.torchrun_args, self.cache.echo)
+        if self.labels is not None:
+            check_label_set(load_label_set(self.labels.require_path()), self.dataset)
         if self.config.supervision == "points" and self.points is not None:
             check_points_match(self.point_set.info, self.dataset, self.points.path)
             if self.point_set.num_points == 0:
@@ -139,7 +147,8 @@ class Train(Stage):
         points_dir = self.points.path if self.config.supervision == "points" else None
         job = {"spec": dataclasses.asdict(self.spec), "train": dataclasses.asdict(self.config),
                "points": str(points_dir) if points_dir else None, "cache": str(self.cache.root),
-               "val_split": self.val_split, "eval": dataclasses.asdict(self.eval_config), "progress": self.progress}
+               "val_split": self.val_split, "eval": dataclasses.asdict(self.eval_config), "progress": self.progress,
+               "labels": str(self.labels.path) if self.labels is not None else None}
         if points_dir is not None:  # only when training: reading every image header is not free
             check_points_inside_images(self.point_set, self.dataset)
         write_json(tmp / "job.json", job)
@@ -170,15 +179,18 @@ class Train(Stage):
 
 def run_train(spec: DatasetSpec, train_cfg: TrainConfig, cache: StageCache, points: str | Path | None = None,
               val_split: str | None = None, eval_cfg: EvalConfig | None = None, gpus: int = 0, force: bool = False,
-              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None) -> StageResult:
-    """:class:`Train` run in one call; ``points`` is a make-points artefact folder or key."""
+              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None,
+              labels: str | Path | None = None) -> StageResult:
+    """:class:`Train` run in one call; ``points`` is a make-points artefact folder or key; ``labels``
+    an ``extension-labels`` artefact (folder or key) whose labels replace the split's masks."""
     up = None
     if train_cfg.supervision == "points":
         if points is None:
             raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
         up = Upstream.find(points, cache, "make-points")
+    lab = Upstream.find(labels, cache, "extension-labels") if labels is not None else None
     return Train(spec, train_cfg, cache, up, val_split, eval_cfg or EvalConfig(), gpus, torchrun_args, content_hash,
-                 progress).run(force)
+                 progress, lab).run(force)
 
 
 def check_points_match(points_info, dataset: SegmentationDataset, points_path: Path) -> None:
@@ -248,6 +260,8 @@ def run_job(run_dir: str | Path) -> None:
     spec = DatasetSpec(**job["spec"])
     cfg = TrainConfig(**job["train"])
     ds = open_spec(spec, cache)
+    if job.get("labels"):  # a label set's labels are the masks (full supervision trains on them)
+        ds = LabelSetDataset(ds, load_label_set(job["labels"]))
     pts = None
     if job["points"]:
         ps = load_points(Path(job["points"]))
