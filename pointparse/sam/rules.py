@@ -56,7 +56,7 @@ class SamRule:
             raise ConfigError(f"SAM rule min_score must be in [0, 1], got {self.min_score!r}")
 
 
-#: the named rules (``sam_rule``); the default was chosen by benchmarks/sam_labels.py (README)
+#: the named rules (``sam_rule``); the default was chosen by benchmarks/sam_labels.py's rule (README)
 RULES: dict[str, SamRule] = {
     "best": SamRule("best"),
     "smallest-0.8": SamRule("smallest", min_score=0.8),
@@ -69,7 +69,7 @@ RULES: dict[str, SamRule] = {
     "clean-largest-0.8": SamRule("clean-largest", min_score=0.8),
     "clean-best-t1": SamRule("clean-best", threshold=1.0),
 }
-DEFAULT_RULE = "clean-best"
+DEFAULT_RULE = "clean-smallest-0.8"
 
 
 def get_rule(name: str) -> SamRule:
