@@ -123,8 +123,8 @@ class SamMasker:
         single-point positive prompts, SAM's multimask output."""
         H, W = size
         rh, rw = self.transform.get_preprocess_shape(H, W, self.img_size)
-        lo = self.model.mask_decoder  # low-res logits are 1/4 of the padded input
-        h, w = max(1, round(rh / 4)), max(1, round(rw / 4))
+        decoder = self.model.mask_decoder
+        h, w = max(1, round(rh / 4)), max(1, round(rw / 4))  # low-res logits: 1/4 of the padded input
         k = len(cls)
         if k == 0:
             return ClickMasks(ys, xs, cls, torch.zeros(0, 3), torch.zeros(0, 3, h, w), (H, W))
@@ -137,7 +137,7 @@ class SamMasker:
         for s in range(0, k, self.chunk):
             sparse, dense = self.model.prompt_encoder(points=(coords[s:s + self.chunk], labels[s:s + self.chunk]),
                                                       boxes=None, masks=None)
-            low, iou = lo(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
+            low, iou = decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
                           dense_prompt_embeddings=dense, multimask_output=True)
             logits.append(low[:, :, :h, :w].float().cpu())
             scores.append(iou.float().cpu())
