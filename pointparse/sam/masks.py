@@ -138,7 +138,7 @@ class SamMasker:
             sparse, dense = self.model.prompt_encoder(points=(coords[s:s + self.chunk], labels[s:s + self.chunk]),
                                                       boxes=None, masks=None)
             low, iou = decoder(image_embeddings=emb, image_pe=pe, sparse_prompt_embeddings=sparse,
-                          dense_prompt_embeddings=dense, multimask_output=True)
+                               dense_prompt_embeddings=dense, multimask_output=True)
             logits.append(low[:, :, :h, :w].float().cpu())
             scores.append(iou.float().cpu())
         return ClickMasks(ys, xs, cls, torch.cat(scores), torch.cat(logits).contiguous(), (H, W))
