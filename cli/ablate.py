@@ -36,12 +36,17 @@ def _split_list(values, cast, what: str) -> tuple | None:
 @click.option("--split", default="val", show_default=True, help="Split with dense ground truth to measure on.")
 @click.option("--option", "options", multiple=True, metavar="KEY=VALUE", help="Reader option, repeatable.")
 @click.option("--methods", multiple=True, metavar="M[,M...]",
-              help="superpixel | kmeans | score | region | score+region | agree (default: Table 5's rows and agree).")
+              help="superpixel | kmeans | score | region | score+region | agree | sam (default: Table 5's rows and "
+                   "agree; sam needs the 'sam' extra).")
 @click.option("--thresholds", multiple=True, metavar="T[,T...]",
               help="Score thresholds for score / score+region / agree (default: 0.7 / 0.5..0.9 as Table 5).")
 @click.option("--region", default=5, show_default=True, type=int, help="Square side around each click.")
 @click.option("--kmeans-features", type=click.Choice(["embeddings", "rgbxy"]), default="embeddings",
               show_default=True, help="K-means on the network's embeddings or on colour + position.")
+@click.option("--sam-rule", default=None, help="The sam row's mask rule (default: the measured best; "
+                                               "pointparse.sam.rules.RULES).")
+@click.option("--sam-checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="SAM checkpoint for the sam row (ViT-B/L/H or MobileSAM; default: the shipped MobileSAM).")
 @click.option("--limit", default=None, type=int, help="Use only N images of the split, evenly spaced.")
 @click.option("--examples", default=3, show_default=True, type=int, help="Images with overlay PNGs per method.")
 @click.option("--workers", default=2, show_default=True, type=int,
@@ -66,7 +71,8 @@ def _split_list(values, cast, what: str) -> tuple | None:
 @quiet_option
 @friendly
 def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, methods, thresholds, region,
-                         kmeans_features, limit, examples, workers, device, do_train, train_split, train_points,
+                         kmeans_features, sam_rule, sam_checkpoint, limit, examples, workers, device, do_train,
+                         train_split, train_points,
                          epochs, batch_size, crop_size, lr, init, train_workers, out_dir, cache_dir, force,
                          content_hash, quiet):
     """Compare ways of extending clicks (Table 5) on a split with dense ground truth.
@@ -79,6 +85,7 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
     # torch and pandas: loaded when this command runs, not when the CLI starts
     from pointparse.extension.methods import AblationConfig, AblationTrainConfig
     from pointparse.extension.table import copy_table
+    from pointparse.sam.rules import DEFAULT_RULE
     from pointparse.stages.ablate_extension import run_ablation
 
     cache = StageCache(cache_dir)
@@ -87,7 +94,7 @@ def ablate_extension_cmd(checkpoint, points_ref, kind, root, split, options, met
     cfg = AblationConfig(methods=_split_list(methods, str, "--methods"),
                          thresholds=_split_list(thresholds, float, "--thresholds"), region=region,
                          kmeans_features=kmeans_features, limit=limit, examples=examples, workers=workers,
-                         device=device)
+                         device=device, sam_rule=sam_rule or DEFAULT_RULE, sam_checkpoint=sam_checkpoint)
     train = None
     if do_train:
         train = AblationTrainConfig(split=train_split, points=train_points, epochs=epochs, batch_size=batch_size,

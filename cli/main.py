@@ -240,8 +240,8 @@ def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
 
 
 # The other commands live in their own modules; they import only from .options, so no cycle.
-from . import ablate, clicks, predict, pseudo, report  # noqa: E402
+from . import ablate, clicks, labels, predict, pseudo, report  # noqa: E402
 
-for _cmd in (ablate.ablate_extension_cmd, report.report_cmd, clicks.import_clicks_cmd, clicks.export_points_cmd,
-             predict.predict_cmd, predict.export_model_cmd, pseudo.pseudo_labels_cmd):
+for _cmd in (ablate.ablate_extension_cmd, labels.extension_labels_cmd, report.report_cmd, clicks.import_clicks_cmd,
+             clicks.export_points_cmd, predict.predict_cmd, predict.export_model_cmd, pseudo.pseudo_labels_cmd):
     main.add_command(_cmd)

@@ -184,7 +184,7 @@ def test_grid_defaults_to_table5_and_rejects_unknown_methods():
                       "score+region t=0.6 r=5", "score+region t=0.7 r=5", "score+region t=0.8 r=5",
                       "score+region t=0.9 r=5"] + [f"agree t={t} r=5" for t in (0.5, 0.6, 0.7, 0.8, 0.9)]
     assert [r.label for r in build_grid(["score+region", "region"], [0.6], 3)] == ["score+region t=0.6 r=3", "region r=3"]
-    with pytest.raises(ConfigError, match="valid choices: agree, kmeans, region, score, score\\+region, superpixel"):
+    with pytest.raises(ConfigError, match="valid choices: agree, kmeans, region, sam, score, score\\+region, superpixel"):
         build_grid(["slic"])
     with pytest.raises(ConfigError, match="threshold"):
         build_grid(["score"], [1.5])
@@ -293,11 +293,14 @@ def test_cli_train_adds_miou(cache, val_points, train_points, checkpoint):
     frame = next(f for f in frames if "miou" in f.columns)
     assert table is not None and list(frame.columns) == list(TABLE_COLUMNS)
     assert frame["miou"].between(0, 1).all() and frame["pixel_acc"].between(0, 1).all()
-    # the superpixel labels became a folder dataset with full masks, trained without clicks
-    labels = list(cache.root.glob("extension-labels/*/*/data/masks/train/*.png"))
+    # the superpixel labels became a label set (the extension-labels stage) trained beside the clicks
+    labels = list(cache.root.glob("extension-labels/*/*/labels/*.png"))
     assert len(labels) == 8
     trains = [json.loads(p.read_text()) for p in cache.root.glob("train/*/*/manifest.json")]
-    assert {t["params"]["train"]["supervision"] for t in trains} >= {"full", "points"}
+    lab_keys = {json.loads(p.read_text())["key"] for p in cache.root.glob("extension-labels/*/*/manifest.json")}
+    with_labels = [t for t in trains if t["inputs"].get("labels") in lab_keys]
+    assert with_labels and all(t["params"]["train"]["label_weight"] == 1.0 and "points" in t["inputs"]
+                               for t in with_labels)
 
 
 # -- bad input ------------------------------------------------------------------------------------

@@ -185,6 +185,13 @@ def test_the_dry_run_key_of_every_kind_is_the_key_the_run_writes(tmp_path):
     points: imported
     params: {{pdml: false}}
   pseudo: {{kind: pseudo-labels, dataset: scenes, checkpoint: plain, points: points, params: {{flip: false}}}}
+  sp_labels: {{kind: extension-labels, dataset: scenes, points: points, params: {{method: superpixel, workers: 0}}}}
+  from_labels:
+    kind: train
+    dataset: scenes
+    labels: sp_labels
+    points: points
+    params: {{pdml: false}}
 """))
     assert {st.kind for st in pipe.stages.values()} == set(STAGE_KINDS)  # a new kind must join this test
     before = {name: key for name, _, key in plan(pipe, ctx)}
@@ -194,7 +201,8 @@ def test_the_dry_run_key_of_every_kind_is_the_key_the_run_writes(tmp_path):
     assert after == written
     assert all(before[n] in (None, written[n]) for n in written), (before, written)
     # known before the run: every stage whose inputs are keys, not built files
-    assert all(before[n] == written[n] for n in ("points", "val_points", "imported", "pdml", "plain", "full"))
+    assert all(before[n] == written[n] for n in ("points", "val_points", "imported", "pdml", "plain", "full",
+                                                 "sp_labels", "from_labels"))
     assert all(res.path == cache.lookup(res.stage, res.key) for res in results.values())
 
 
@@ -247,10 +255,10 @@ def test_every_stage_the_package_writes_is_one_cache_clear_accepts():
     stages, so it cannot ask them): every stage kind and sub-stage must be listed there."""
     from pointparse.cache import KNOWN_STAGES
     from pointparse.dataspec import SCENES_STAGE
-    from pointparse.stages.extension_rows import AblationEvaluate, ExtensionLabels, ExtensionRow
+    from pointparse.stages.extension_rows import AblationEvaluate, ExtensionRow
     from pointparse.stages.registry import STAGE_KINDS
 
-    written = {*STAGE_KINDS, SCENES_STAGE, ExtensionRow.name, ExtensionLabels.name, AblationEvaluate.name}
+    written = {*STAGE_KINDS, SCENES_STAGE, ExtensionRow.name, AblationEvaluate.name}
     assert written == set(KNOWN_STAGES)
 
 

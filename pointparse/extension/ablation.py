@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -28,6 +29,7 @@ from ..evaluate import EvalConfig, predict_logits
 from ..io import safe_name, write_image, write_json
 from ..points import PointSet
 from ..predictor import Predictor
+from ..sam.labeller import SamLabeller
 from .methods import AblationConfig, AblationRow, click_coordinates, get_method
 from .offline import OfflineJob, ordered_map, run_offline_job
 from .online import STAT_KEYS, extension_stats, finalize_extension_stats, online_extension
@@ -74,17 +76,21 @@ def online_labels(row: AblationRow, click_map: np.ndarray, probs: torch.Tensor |
 
 def iter_extended(dataset: SegmentationDataset, click_maps: Callable[[str], np.ndarray], row: AblationRow,
                   kmeans_features: str = "embeddings", network: Network | None = None, workers: int = 0,
-                  with_mask: bool = True, progress: bool = False) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray, dict]]:
+                  with_mask: bool = True, progress: bool = False,
+                  sam=None) -> Iterator[tuple[int, Any, np.ndarray, np.ndarray, dict]]:
     """Extend every image of ``dataset`` with ``row``'s method, in dataset order.
 
     Yields ``(index, sample, click_map, labels, info)``: the loaded :class:`Sample` (image, and
     mask when ``with_mask``), the uint8 click map, the uint8 [H, W] extended labels and per-image
     info (superpixels, K-means iterations). superpixel / kmeans run in ``workers`` processes;
-    the network (when the method needs it) runs in this process.
+    the network (when the method needs it) and SAM (``sam``: a
+    :class:`pointparse.sam.labeller.SamLabeller`, for the ``sam`` method) run in this process.
     """
     method = get_method(row.method)
     if method.needs_network(kmeans_features) and network is None:
         raise ConfigError(f"extension method {row.label!r} needs a checkpoint")
+    if row.method == "sam" and sam is None:
+        raise ConfigError("extension method 'sam' needs a SAM labeller (pointparse.sam.labeller.SamLabeller)")
     bar = tqdm(total=len(dataset), desc=row.label, unit="img", disable=not progress, leave=False)
 
     def samples():
@@ -94,6 +100,17 @@ def iter_extended(dataset: SegmentationDataset, click_maps: Callable[[str], np.n
             yield i, sample, cmap
 
     try:
+        if row.method == "sam":
+            def load(i):
+                sample = dataset.load(i, with_instances=False) if with_mask else _image_only(dataset, i)
+                cmap = click_maps(sample.name)
+                ys, xs, cls = click_coordinates(cmap)
+                return (i, sample, cmap), sample.image, ys, xs, cls
+
+            for (i, sample, cmap), labels in sam.label_many(functools.partial(load, i) for i in range(len(dataset))):
+                yield i, sample, cmap, labels, {}
+                bar.update(1)
+            return
         if method.online:
             for i, sample, cmap in samples():
                 probs = network.probs(sample.image) if method.threshold else None
@@ -238,8 +255,9 @@ def extension_row(dataset: SegmentationDataset, points: PointSet, row: AblationR
     t0 = time.perf_counter()
     counts = ExtensionCounts(dataset.info.num_classes)
     infos: dict[str, list] = collections.defaultdict(list)
+    sam = SamLabeller(cfg.sam_rule, cfg.sam_checkpoint, cfg.device) if row.method == "sam" else None
     for i, sample, cmap, labels, info in iter_extended(dataset, points.label_map, row, cfg.kmeans_features,
-                                                       network, cfg.workers, progress=progress):
+                                                       network, cfg.workers, progress=progress, sam=sam):
         counts.add(labels, cmap, sample.mask)
         for k, v in info.items():
             infos[k].append(v)
@@ -250,6 +268,7 @@ def extension_row(dataset: SegmentationDataset, points: PointSet, row: AblationR
     elapsed = time.perf_counter() - t0
     doc = {"row": dataclasses.asdict(row), "label": row.label, "images": len(dataset),
            "kmeans_features": cfg.kmeans_features if row.method == "kmeans" else None,
+           "sam_rule": cfg.sam_rule if row.method == "sam" else None,
            "totals": counts.summary(), "per_class": counts.per_class(dataset.info.classes),
            "time_s": elapsed, **{f"mean_{k}": float(np.mean(v)) for k, v in infos.items() if v}}
     write_json(out_dir / "counts.json", doc)

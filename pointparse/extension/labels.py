@@ -1,46 +1,56 @@
-"""An offline row's labels as a dataset to train on (``ablate-extension --train``).
+"""An offline method's labels of a whole split, as a label set (:mod:`pointparse.labelset`).
 
-Offline methods (superpixel, kmeans) become a folder dataset of full masks
-(:func:`write_offline_labels`) trained with full-mask CE; online methods train from the clicks
-with that extension mode (the configuration of either: :func:`pointparse.stages.extension_rows.row_train_config`).
+Offline methods (``superpixel``, ``kmeans``, ``sam``) are computed once, before training, for
+every image of a split from its clicks; the result trains like dense masks
+(:class:`pointparse.labelset.LabelSetDataset`). :func:`write_extension_labels` writes the images
+a :class:`~pointparse.labelset.LabelSetWriter` does not have yet (so a killed run continues
+where it stopped) and :func:`label_set_quality` measures a finished set against the split's
+dense ground truth when it has one. The cached stage is
+:mod:`pointparse.stages.extension_labels`.
 """
 
 from __future__ import annotations
-
-import shutil
-from pathlib import Path
 
 import numpy as np
 
 from .. import IGNORE_INDEX
 from ..datasets import SegmentationDataset
-from ..io import safe_name, write_label_png
+from ..labelset import LabelSet, LabelSetWriter, label_quality, quality_summary
 from ..points import PointSet
-from .ablation import Network, iter_extended
+from .ablation import Network, SplitView, iter_extended
 from .methods import AblationRow
 
 
-def write_offline_labels(dataset: SegmentationDataset, points: PointSet, row: AblationRow, kmeans_features: str,
-                         network: Network | None, out_dir: Path, workers: int = 0, progress: bool = False) -> dict:
-    """A folder dataset (``out_dir``, layout of :class:`pointparse.datasets.FolderDataset`) whose
-    masks are ``row``'s extended labels of ``dataset`` (255 where unlabelled) and whose images are
-    copies of the originals; split name = ``dataset.split``. Returns summary numbers."""
-    info = dataset.info
-    out_dir.mkdir(parents=True, exist_ok=True)
-    lines = [f"{c} {name} {r}:{g}:{b}" for c, (name, (r, g, b)) in enumerate(zip(info.classes, info.palette))]
-    (out_dir / "classes.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    img_dir, mask_dir = out_dir / "images" / dataset.split, out_dir / "masks" / dataset.split
-    img_dir.mkdir(parents=True)
-    mask_dir.mkdir(parents=True)
-    pal = np.asarray(info.palette, np.uint8)
-    new = labelled = 0
-    for i, sample, cmap, labels, _ in iter_extended(dataset, points.label_map, row, kmeans_features, network,
-                                                    workers, with_mask=False, progress=progress):
-        src = Path(dataset.image_path(i))
-        name = safe_name(sample.name, src)  # names come from files: untrusted
-        shutil.copyfile(src, img_dir / f"{name}{src.suffix.lower()}")
-        write_label_png(mask_dir / f"{name}.png", labels, palette=pal)
-        labelled += int(np.count_nonzero(labels != IGNORE_INDEX))
+def write_extension_labels(writer: LabelSetWriter, dataset: SegmentationDataset, points: PointSet, row: AblationRow,
+                           kmeans_features: str = "embeddings", network: Network | None = None, sam=None,
+                           workers: int = 0, progress: bool = False) -> dict:
+    """Label the images of ``dataset`` that ``writer`` lacks with ``row``'s method; returns
+    ``{"computed": n, "reused": m, "new_pixels_per_image": ...}`` over the images computed now.
+
+    ``sam``: a :class:`pointparse.sam.labeller.SamLabeller` (the ``sam`` method);
+    ``network``: the checkpoint kmeans on embeddings needs; ``workers``: processes for superpixel
+    / kmeans (the labels do not depend on it).
+    """
+    todo = [i for i in range(len(dataset)) if not writer.has(dataset.names[i], dataset.image_path(i))]
+    view = SplitView(dataset, todo)
+    new = 0
+    for j, sample, cmap, labels, _ in iter_extended(view, points.label_map, row, kmeans_features, network, workers,
+                                                    with_mask=False, progress=progress, sam=sam):
+        writer.write(sample.name, labels, view.image_path(j))
         new += int(np.count_nonzero((labels != IGNORE_INDEX) & (cmap == IGNORE_INDEX)))
-    return {"images": len(dataset), "new_pixels_per_image": new / max(len(dataset), 1),
-            "labelled_pixels_per_image": labelled / max(len(dataset), 1)}
+    return {"computed": len(todo), "reused": len(dataset) - len(todo),
+            "new_pixels_per_image": new / max(len(todo), 1)}
+
+
+def label_set_quality(labels: LabelSet, dataset: SegmentationDataset, points: PointSet) -> dict | None:
+    """:func:`pointparse.labelset.quality_summary` of ``labels`` against the split's dense masks
+    (None when the split has none)."""
+    if not dataset.has_dense_labels:
+        return None
+    tot = None
+    for i, name in enumerate(dataset.names):
+        q = label_quality(labels.label(name), points.label_map(name), dataset.load_mask(i), dataset.info.num_classes)
+        tot = q if tot is None else {k: tot[k] + q[k] for k in tot}
+    if tot is None:
+        return None
+    return quality_summary(tot, dataset.info.classes, len(dataset))

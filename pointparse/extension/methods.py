@@ -7,6 +7,9 @@ into more labelled pixels, measured on a split with dense ground truth:
   (:mod:`pointparse.extension.superpixel`);
 * ``kmeans`` — K-means on per-pixel features seeded at the clicks, every pixel takes its
   cluster's click class (:mod:`pointparse.extension.kmeans`; features :data:`KMEANS_FEATURES`);
+* ``sam`` (not the paper's; only when asked for) — Segment Anything prompted with each click, its
+  masks painted by a rule (:mod:`pointparse.sam`; the ``sam`` extra, rule ``sam_rule``, weights
+  ``sam_checkpoint`` or the shipped MobileSAM);
 * ``score`` (threshold t) — Eq. 6 alone; ``region`` (size r, default 5) — r x r squares around
   the clicks; ``score+region`` (t, r) — Eq. 7 read as sets, labelled with the arg-max;
   ``agree`` (t, r) — Eq. 7 read as labelled candidates. These four call
@@ -31,6 +34,7 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..errors import ConfigError, unknown_choice
+from ..sam.rules import DEFAULT_RULE, get_rule
 
 #: Table 5's thresholds for score+region, and the one its score-only row uses.
 TABLE5_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -45,7 +49,8 @@ class ExtensionMethod:
     ``threshold`` / ``region``: whether the method takes a score threshold / square size.
     ``online``: trained through :class:`pointparse.train_config.TrainConfig`'s online extension; the
     others (superpixel, kmeans) are computed once and train as offline dense labels.
-    ``default_thresholds``: the thresholds Table 5 shows for it.
+    ``default_thresholds``: the thresholds Table 5 shows for it. ``in_table``: part of the
+    default grid (Table 5's rows); ``sam`` is shown only when asked for.
     """
 
     name: str
@@ -53,6 +58,7 @@ class ExtensionMethod:
     region: bool
     online: bool
     default_thresholds: tuple[float, ...] = ()
+    in_table: bool = True
 
     def needs_network(self, kmeans_features: str) -> bool:
         """Whether computing the labels needs the checkpoint."""
@@ -71,7 +77,11 @@ METHODS: dict[str, ExtensionMethod] = {
                                     default_thresholds=TABLE5_THRESHOLDS),
     # Eq. 7's other reading (pointparse.extension): kept where the arg-max agrees with the click
     "agree": ExtensionMethod("agree", threshold=True, region=True, online=True, default_thresholds=TABLE5_THRESHOLDS),
+    # Segment Anything from the clicks (pointparse.sam; the optional extra): offline, not the paper's
+    "sam": ExtensionMethod("sam", threshold=False, region=False, online=False, in_table=False),
 }
+#: the methods computed before training (their labels train as dense masks)
+OFFLINE_METHODS = tuple(n for n, m in METHODS.items() if not m.online)
 
 #: K-means feature kinds.
 KMEANS_FEATURES = {
@@ -133,11 +143,12 @@ def build_grid(methods: Sequence[str] | None = None, thresholds: Sequence[float]
                region: int = DEFAULT_REGION) -> list[AblationRow]:
     """The rows to compute: Table 5's by default.
 
-    ``methods`` picks the methods (default: all, in Table 5's order); a thresholded method gets
+    ``methods`` picks the methods (default: Table 5's and ``agree``, in that order; ``sam`` only
+    when named); a thresholded method gets
     one row per threshold in ``thresholds``, or its Table 5 thresholds when none are given
     (score: 0.7; score+region: 0.5..0.9). Duplicates are dropped, order kept.
     """
-    names = list(methods) if methods else list(METHODS)
+    names = list(methods) if methods else [n for n, m in METHODS.items() if m.in_table]
     if not names:
         raise ConfigError("no extension method chosen")
     rows: list[AblationRow] = []
@@ -159,7 +170,8 @@ class AblationConfig:
     that many images of the split, evenly spaced in its order (None = all). ``examples``: how
     many images (the first of the used ones) get overlay PNGs. ``workers``: processes for
     superpixel / kmeans (0 or 1 = serial; the result does not depend on it). ``device``: where
-    the network runs (auto = CUDA when available).
+    the network runs (auto = CUDA when available). ``sam_rule`` / ``sam_checkpoint``: the ``sam``
+    row's rule (:data:`pointparse.sam.rules.RULES`) and weights (None = the shipped MobileSAM).
     """
 
     methods: tuple[str, ...] | None = None
@@ -170,8 +182,11 @@ class AblationConfig:
     examples: int = 3
     workers: int = 2
     device: str = "auto"
+    sam_rule: str = DEFAULT_RULE
+    sam_checkpoint: str | None = None
 
     def __post_init__(self) -> None:
+        get_rule(self.sam_rule)
         if self.kmeans_features not in KMEANS_FEATURES:
             raise unknown_choice("K-means feature kind", self.kmeans_features, KMEANS_FEATURES)
         if self.limit is not None and (int(self.limit) != self.limit or self.limit < 1):

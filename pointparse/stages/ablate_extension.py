@@ -6,8 +6,9 @@ Cached stages, each a :class:`~pointparse.stages.base.Stage`:
   row, the method's constants, ``limit`` / ``examples``, the split's fingerprint, the points
   artefact's key and (methods that need the network) the checkpoint's bytes. Adding a threshold
   later computes only that row.
-* ``extension-labels`` (:class:`ExtensionLabels`, with ``train``): the offline labels of the
-  training split that superpixel / kmeans rows train on.
+* ``extension-labels`` (:class:`~pointparse.stages.extension_labels.ExtensionLabels`, with
+  ``train``): the offline labels of the training split that superpixel / kmeans / sam rows train
+  on — the same stage a pipeline or ``pointparse extension-labels`` runs, so its artefact is shared.
 * ``ablation-evaluate`` (:class:`AblationEvaluate`, with ``train`` and ``limit``): a trained row's
   metrics on the used images only.
 * ``ablate-extension`` (:class:`AblateExtension`): the table, keyed by the rows' keys (and, with
@@ -40,8 +41,9 @@ from ..extension.table import AblationResult, write_table
 from ..points import PointSet, load_points
 from ..predictor import resolve_checkpoint
 from .base import KeyUnknown, PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
-from .extension_rows import (AblationEvaluate, ExtensionLabels, ExtensionRow, check_dense, check_network,
-                             check_points_cover, row_train_config)
+from .extension_labels import ExtensionLabels, ExtensionLabelsConfig
+from .extension_rows import (AblationEvaluate, ExtensionRow, check_dense, check_network, check_points_cover,
+                             row_train_config)
 from .evaluate import run_evaluate
 from .train import run_train
 
@@ -186,6 +188,15 @@ class AblateExtension(Stage):
         table = self.cache.run(self.name, self.version, params, inputs, build, force=force)
         return AblationResult(table, row_results, pd.read_csv(table.path / "extension_table.csv"), trained)
 
+    def offline_labels(self, row: AblationRow) -> ExtensionLabels:
+        """The ``extension-labels`` stage an offline row trains on (labels of the training split)."""
+        c = self.config
+        cfg = ExtensionLabelsConfig(method=row.method, sam_rule=c.sam_rule, sam_checkpoint=c.sam_checkpoint,
+                                    kmeans_features=c.kmeans_features, device=c.device, workers=c.workers)
+        ckpt = Upstream("train", None, self.network.path) if cfg.needs_network else None
+        return ExtensionLabels(self.train_spec, cfg, self.cache, self.train_points_artefact, ckpt, self.content_hash,
+                               self.progress, dataset=self.train_dataset)
+
     def _train_row(self, row: AblationRow) -> tuple[StageResult, StageResult]:
         """(train, evaluation) artefacts of a model trained on ``row``'s labels."""
         tcfg = row_train_config(row, self.train, self.network, self.config.device)
@@ -193,9 +204,9 @@ class AblateExtension(Stage):
             tres = run_train(self.train_spec, tcfg, self.cache, points=self.train_points_artefact.path,
                              content_hash=self.content_hash, progress=self.progress)
         else:
-            labels = ExtensionLabels(self, row).run()
-            tres = run_train(DatasetSpec(kind="folder", root=str(labels.path / "data"), split=self.train.split), tcfg,
-                             self.cache, progress=self.progress)
+            labels = self.offline_labels(row).run()
+            tres = run_train(self.train_spec, tcfg, self.cache, points=self.train_points_artefact.path,
+                             labels=labels.path, content_hash=self.content_hash, progress=self.progress)
         if self.config.limit is not None and len(self.view) < len(self.split_dataset()):
             eres = AblationEvaluate(tres.path / "model.pt", self.spec, self.view, self.dataset_fp, self.config.device,
                                     self.cache, self.progress).run()

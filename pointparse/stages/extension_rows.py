@@ -2,7 +2,6 @@
 its inputs pass before any work.
 
 * ``extension-row`` (:class:`ExtensionRow`): one table row's counts and example overlays;
-* ``extension-labels`` (:class:`ExtensionLabels`): an offline row's labels of the training split;
 * ``ablation-evaluate`` (:class:`AblationEvaluate`): a trained row's metrics on the used images;
 * :func:`row_train_config`: the training configuration of a row (``--train``).
 """
@@ -23,7 +22,6 @@ from ..extension.ablation import Network, SplitView
 from ..extension.kmeans import KMEANS_MAX_ITER
 from ..extension.methods import AblationConfig, AblationRow, AblationTrainConfig, get_method
 from ..extension.superpixel import SLIC_COMPACTNESS, SUPERPIXEL_RANGE, SUPERPIXELS_PER_CLICK
-from ..extension.labels import write_offline_labels
 from ..keys import content_fingerprint
 from ..predictor import Predictor
 from ..train_config import TrainConfig
@@ -83,6 +81,10 @@ def row_params(row: AblationRow, cfg: AblationConfig) -> dict:
                            "compactness": SLIC_COMPACTNESS}
     if row.method == "kmeans":
         p["kmeans"] = {"features": cfg.kmeans_features, "max_iter": KMEANS_MAX_ITER}
+    if row.method == "sam":
+        from ..sam.labeller import sam_key_parts
+
+        p["sam"] = sam_key_parts(cfg.sam_rule, cfg.sam_checkpoint)[0]
     if get_method(row.method).threshold:
         p["inference"] = {"window": 0, "flip": False, "amp": "off"}
     return p
@@ -103,10 +105,15 @@ class _RowStage(Stage):
 
     def _inputs(self, dataset_fp: dict, points_key: str) -> dict:
         """The split's fingerprint, the clicks' key and, for methods that need the network, the
-        checkpoint's bytes."""
+        checkpoint's bytes (for ``sam``, the SAM weights' sha256)."""
         inputs = {"dataset": dataset_fp, "points": points_key}
-        if get_method(self.row.method).needs_network(self.ablation.config.kmeans_features):
+        cfg = self.ablation.config
+        if get_method(self.row.method).needs_network(cfg.kmeans_features):
             inputs["checkpoint"] = self.ablation.checkpoint_fp
+        if self.row.method == "sam":
+            from ..sam.labeller import sam_key_parts
+
+            inputs.update(sam_key_parts(cfg.sam_rule, cfg.sam_checkpoint)[1])
         return inputs
 
 
@@ -126,26 +133,6 @@ class ExtensionRow(_RowStage):
         doc = a.row_builder(a.view, a.point_set, self.row, a.config, a.network, tmp, a.progress)
         return {"summary": {"label": self.row.label, **{k: doc["totals"][k] for k in
                                                        ("accuracy", "coverage", "new_pixels_per_image")}}}
-
-
-@dataclass
-class ExtensionLabels(_RowStage):
-    """An offline row's (superpixel, kmeans) labels of the training split, as a folder dataset in
-    ``data/`` (:func:`pointparse.extension.labels.write_offline_labels`)."""
-
-    name: ClassVar[str] = "extension-labels"
-    version: ClassVar[int] = 1
-
-    def plan(self):
-        a = self.ablation
-        params = {k: v for k, v in row_params(self.row, a.config).items() if k not in ("limit", "examples")}
-        return params, self._inputs(a.train_dataset_fp, a.train_points_artefact.require_key())
-
-    def build(self, tmp: Path) -> dict:
-        a = self.ablation
-        s = write_offline_labels(a.train_dataset, a.train_point_set, self.row, a.config.kmeans_features, a.network,
-                                 tmp / "data", a.config.workers, a.progress)
-        return {"summary": s}
 
 
 @dataclass
@@ -184,7 +171,8 @@ def row_train_config(row: AblationRow, train: AblationTrainConfig, network: Netw
                      device: str) -> TrainConfig:
     """The configuration that trains on ``row``'s labels: the checkpoint's own training
     configuration (or the defaults without one) with ``train``'s schedule; online rows train from
-    clicks with the row's extension, offline rows on full masks without PDML."""
+    clicks with the row's extension, offline rows on their labels beside the clicks (no PDML, CRF or
+    class balance)."""
     base = TrainConfig.from_dict(network.predictor.train_config) if network is not None else TrainConfig()
     common = dict(epochs=int(train.epochs), batch_size=int(train.batch_size), crop_size=int(train.crop_size),
                   workers=train.workers, device=device, extension_start_epoch=0,
@@ -199,4 +187,7 @@ def row_train_config(row: AblationRow, train: AblationTrainConfig, network: Netw
         return dataclasses.replace(base, supervision="points", extension=row.method,
                                    threshold=row.threshold if row.threshold is not None else base.threshold,
                                    region=row.region if row.region is not None else base.region, **common)
-    return dataclasses.replace(base, supervision="full", pdml=False, extension="none", **common)
+    # offline labels (which keep every click) train beside the clicks: point CE + CE on the labels,
+    # nothing else, so the row measures the labels
+    return dataclasses.replace(base, supervision="points", pdml=False, extension="none", class_balance="none",
+                               crf_weight=0.0, label_weight=1.0, **common)
