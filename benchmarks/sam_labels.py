@@ -125,6 +125,10 @@ def main(argv=None) -> None:
     ap.add_argument("--budget-s", type=float, default=None, help="stop running SAM after this many seconds")
     ap.add_argument("--measure-only", action="store_true", help="run no SAM: measure the stored images")
     ap.add_argument("--out", default="results/sam-labels.jsonl")
+    ap.add_argument("--write-labels", default=None, metavar="RULE",
+                    help="also paint RULE's labels of every stored image into a label set per dataset "
+                         "(--labels-out/<dataset>), the layout the extension-labels stage writes")
+    ap.add_argument("--labels-out", default=None, help="folder of --write-labels' label sets")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -183,6 +187,22 @@ def main(argv=None) -> None:
             with open(args.out, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(rec) + "\n")
         print("(per thin class: accuracy/coverage in %)")
+        if args.write_labels:
+            write_label_set(ds, items, args.write_labels, Path(args.labels_out) / tag, res[args.write_labels])
+
+
+def write_label_set(ds, items, rule: str, out: Path, summary: dict) -> None:
+    """``rule``'s labels of the stored images as a label set: the masks SAM gave (logits stored as
+    float16) painted by the same :func:`~pointparse.sam.paint.paint` the stage uses."""
+    from pointparse.labelset import LabelSetWriter
+
+    if len(items) != len(ds):
+        raise SystemExit(f"--write-labels needs every image of {ds.root} stored ({len(items)} of {len(ds)})")
+    writer = LabelSetWriter(out, ds.info, ds.split, f"sam:{rule}")
+    for i, cm in items:
+        writer.write(ds.names[i], paint(cm, RULES[rule]), ds.image_path(i))
+    writer.finish(ds, {**summary, "rule": rule})
+    print(f"label set {out}: {len(items)} images, rule {rule}")
 
 
 if __name__ == "__main__":
