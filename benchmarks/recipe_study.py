@@ -69,6 +69,23 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   the cost cap uses that measured step time (:data:`ROUND4_STEP_S`), not the runs' wall seconds,
   which depend on what else shares the machine.
 
+* **Round 5** (``--plan round5``, written 2026-12-05 before any of its runs; same budget, data
+  and 2 x 1-thread processes as round 4). The session that ran round 4 was cut off after N1's
+  first 22 runs; round 4's N2 (24 runs, ~6 h of this machine) does not fit the ~2 h left.
+  N1's first place is settled by arithmetic whatever the missing runs give: ``v3+ adamw
+  lr4e-4`` has ranks 1, 3, 1, 1; if ``v3+ adamw x3`` won both CamVid cells it would score
+  (6 + 6 + 1 + 1) / 4 = 3.5 against at most (1 + 3 + 2 + 2) / 4 = 2.0. Round 5 therefore
+  (a) screens the click recipe's learning rates on the first-placed network, where the failure is
+  (LabelMeFacade Clicks, seed 0): ``lr4e-4 x20`` (backbone 4e-4, head x20) and ``lr8e-4``
+  (backbone 8e-4, head x10) against round 4's ``v3+ adamw lr4e-4`` Clicks (19.6). In round 4 the
+  head's rate was the lever: head 6e-4 -> 5.2, 2e-3 -> 10.5, 4e-3 -> 19.6. **Rule:** the click
+  recipe takes the screen's best rates if they beat 19.6 by more than 1.0 mIoU, else keeps
+  lr4e-4 x10. (b) Then seeds 1 and 2, paired against ``cpu``, in this order until the session's
+  time runs out: LabelMeFacade (FullSup, Clicks) for the new network and ``cpu``, then CamVid
+  the same. Runs that do not start are reported as not run. **The default network** is ``v3+
+  adamw lr4e-4`` (N1's first) unless the seeds that ran reverse the sign of its FullSup lead
+  over ``cpu`` on either dataset.
+
     python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
     python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
 """
@@ -447,7 +464,40 @@ def plan_round4(study: Study) -> dict:
             "network": N_CANDIDATES[chosen]}
 
 
-PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3, "round4": plan_round4}
+ROUND5_BASE = "v3+ adamw lr4e-4"
+ROUND5_SCREEN = {
+    "v3+ adamw lr4e-4 x20": dict(head="deeplabv3+", **{**_ADAMW, "lr": 4e-4, "head_lr_mult": 20.0}),
+    "v3+ adamw lr8e-4": dict(head="deeplabv3+", **{**_ADAMW, "lr": 8e-4}),
+}
+ROUND5_REFERENCE = 19.6  # round 4, N1: v3+ adamw lr4e-4, LabelMeFacade Clicks, seed 0
+ROUND5_MARGIN = 1.0
+
+
+def plan_round5(study: Study) -> dict:
+    """Round 5 (docstring): the click recipe's rates on LabelMeFacade, then seeds 1 and 2."""
+    def job(phase, name, config, row, data, seed):
+        base = {"FullSup": FULL, "Clicks": CLICKS}
+        return {**_job(phase, name, row, {**config, **base[row]}, seed), "data": data}
+
+    study.run([job("C", n, c, "Clicks", "labelmefacade", 0) for n, c in ROUND5_SCREEN.items()])
+    got = {r["name"]: r["miou"] for r in study.results if r["phase"] == "C" and "miou" in r}
+    best = max(got, key=got.get, default=None)
+    clicks_name = best if best is not None and got[best] > ROUND5_REFERENCE + ROUND5_MARGIN else ROUND5_BASE
+    clicks_cfg = ROUND5_SCREEN.get(clicks_name, N_CANDIDATES[ROUND5_BASE])
+    print(f"# screen {got}; click recipe rates: {clicks_name}", flush=True)
+    todo = []
+    for seed in (1, 2):
+        for data in ROUND4_DATA:
+            todo += [job("S", ROUND5_BASE, N_CANDIDATES[ROUND5_BASE], "FullSup", data, seed),
+                     job("S", clicks_name, clicks_cfg, "Clicks", data, seed),
+                     job("S", "cpu", N_CANDIDATES["cpu"], "FullSup", data, seed),
+                     job("S", "cpu", N_CANDIDATES["cpu"], "Clicks", data, seed)]
+    study.run(todo)
+    return {"plan": "round5", "screen": got, "click_rates": clicks_name, "network": N_CANDIDATES[ROUND5_BASE]}
+
+
+PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3, "round4": plan_round4,
+         "round5": plan_round5}
 
 
 def main() -> None:
