@@ -55,7 +55,7 @@ def _contour_depths(parents: np.ndarray) -> np.ndarray:
 
 
 def _components(binary: np.ndarray, oy: int, ox: int, cls: int, total: int, min_area: int, out: list) -> None:
-    """Append the 8-connected components (>= ``min_area`` px) of ``binary`` uint8 [h, w] (0/255,
+    """Append the 8-connected components (>= ``min_area`` px) of ``binary`` uint8 [h, w] (0/non-zero,
     ``total`` foreground pixels, top-left pixel at ``(oy, ox)`` in the image) to ``out`` as
     ``(class, box, area, crop)``, ordered by box then area.
 
@@ -162,7 +162,8 @@ def find_instances(mask: np.ndarray, instances: np.ndarray | None = None, min_ar
         leftover = np.where(inst == 0, mask, np.uint8(IGNORE_INDEX))
 
     for c in _present_classes(leftover, num_classes):
-        binary = cv2.compare(leftover, c, cv2.CMP_EQ)  # 0/255
+        # numpy, not cv2.compare: OpenCV 5 reads a scalar beside an [N<=4, 1] array as a 4-vector
+        binary = (leftover == c).view(np.uint8)  # 0/1
         total = cv2.countNonZero(binary)
         if total < min_area:
             continue

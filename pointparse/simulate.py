@@ -95,10 +95,10 @@ def _deepest(crop: np.ndarray) -> tuple[int, int]:
         hh, ww = -(-h // f), -(-w // f)
         u8 = crop.view(np.uint8)
         if crop.dtype == np.bool_:
-            u8 = cv2.compare(u8, 0, cv2.CMP_NE)  # 0/255
+            u8 = u8 * np.uint8(255)  # 0/255 (numpy: OpenCV 5 misreads scalars beside [N<=4, 1] arrays)
         buf = cv2.copyMakeBorder(u8, 0, hh * f - h, 0, ww * f - w, cv2.BORDER_CONSTANT, value=0)
         # With 0/255 input and f*f < 510 the block mean rounds to 255 only if every pixel is 255.
-        inside = cv2.compare(cv2.resize(buf, (ww, hh), interpolation=cv2.INTER_AREA), 255, cv2.CMP_EQ)
+        inside = (cv2.resize(buf, (ww, hh), interpolation=cv2.INTER_AREA) == 255).view(np.uint8)
         if cv2.countNonZero(inside):
             r, c = _argmax_distance(inside)
             return r * f + f // 2, c * f + f // 2
