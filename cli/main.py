@@ -124,7 +124,8 @@ def train_cmd(kind, root, split, options, points_ref, labels_ref, sets, val_spli
     """Train a DeepLab-style network from points (CE + PDML + extension) or full masks.
 
     Every option maps onto pointparse.train_config.TrainConfig; --recipe NAME sets many at once
-    (pointparse.recipes: paper, cpu, cpu-clicks, decoder) and options given beside it win.
+    (pointparse.recipes: paper, cpu, cpu-clicks, cpu-aspp, cpu-aspp-clicks, decoder) and options
+    given beside it win.
     A killed run continues from its last epoch when the same command is run again.
     """
     from pointparse.evaluate import EvalConfig
