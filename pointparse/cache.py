@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -37,10 +36,10 @@ except ImportError:  # not POSIX: stages run unlocked
 
 from .errors import ConfigError, DataError, unknown_choice
 from .keys import canonical_json, stage_key
+from .outputs import MANIFEST, check_intact as _check_intact, record_outputs, stale_reason, sweep_temporaries
 
 CACHE_ENV = "POINTPARSE_CACHE"
 DEFAULT_CACHE_DIR = ".pointparse-cache"
-MANIFEST = "manifest.json"
 # Every stage the package writes; `cache --clear NAME` accepts these (and any other folder of the
 # root laid out as a stage), so a typo lists them instead of silently removing nothing.
 KNOWN_STAGES = ("scenes", "make-points", "import-clicks", "train", "evaluate", "extension-row",
@@ -50,8 +49,6 @@ _SHARD = re.compile(r"[0-9a-f]{2}")
 _ENTRY = re.compile(r"\.?[0-9a-f]{64}(\..+)?")
 # stale temporary folders of a killed run: .<key>.<pid>.tmp and .<key>.old-<pid>
 _LEFTOVER = re.compile(r"\.([0-9a-f]{64})\.(?:old-)?(\d+)(?:\.tmp)?")
-# files up to this size are also recorded (and checked) by sha256; larger ones by size only
-HASH_LIMIT = 64 * 1024
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -150,7 +147,7 @@ class StageCache:
                                    _read_manifest(self.path_for(stage, key)))
             if lock:
                 self._sweep(stage, key)
-            return self._build(stage, version, key, params, inputs, build, resume, fresh=force and lock)
+            return self._build(stage, version, key, params, inputs, build, resume, fresh=force and lock, lock=lock)
 
     def _sweep(self, stage: str, key: str) -> None:
         """Remove the temporary folders killed runs of this stage left behind.
@@ -205,16 +202,22 @@ class StageCache:
             os.close(fd)  # releases the lock
 
     def _build(self, stage: str, version: int | str, key: str, params: Any, inputs: Any,
-               build: Callable[[Path], dict | None], resume: bool, fresh: bool = False) -> StageResult:
+               build: Callable[[Path], dict | None], resume: bool, fresh: bool = False,
+               lock: bool = True) -> StageResult:
         """Build (stage, key) in a temporary folder and rename it into place (caller holds the lock).
 
         ``fresh`` (``--force``) also discards a resumable partial run: forcing means starting over.
+        A resumed partial run first loses the temporaries (``.NAME.*.tmp``) a kill mid-write left in
+        it (only under the lock: without it, another node may be writing one right now); whatever
+        is left when the build ends is removed before the outputs are recorded.
         """
         final = self.path_for(stage, key)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{key}.partial") if resume else final.with_name(f".{key}.{os.getpid()}.tmp")
         if (fresh or not resume) and tmp.exists():
             shutil.rmtree(tmp)
+        elif tmp.exists() and lock:
+            sweep_temporaries(tmp)  # what a kill mid-write left: never resumed from, never adopted
         tmp.mkdir(parents=True, exist_ok=True)
         started = time.time()
         try:
@@ -224,6 +227,7 @@ class StageCache:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         ended = time.time()
+        sweep_temporaries(tmp)  # the build is over: any temporary left is a killed attempt's (another node's)
         outputs = record_outputs(tmp)
         manifest = {
             "stage": stage,
@@ -384,48 +388,6 @@ def _holder(lock: Path) -> str:
         return lock.read_text(encoding="utf-8").strip() or "?"
     except OSError:
         return "?"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record_outputs(folder: Path) -> dict[str, dict]:
-    """What a finished artefact holds: ``{relative path: {"size": bytes[, "sha256": hex]}}`` (the
-    hash for files up to :data:`HASH_LIMIT`), written into its manifest."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and not p.is_symlink() and rel != MANIFEST:
-            size = p.stat().st_size
-            out[rel] = {"size": size, **({"sha256": _sha256(p)} if size <= HASH_LIMIT else {})}
-    return out
-
-
-def stale_reason(folder: Path) -> str | None:
-    """Why a finished artefact no longer matches the files its manifest records, or ``None``
-    (also for artefacts written before manifests recorded their files)."""
-    try:
-        outputs = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("outputs")
-    except (OSError, ValueError, AttributeError):
-        return "its manifest.json is unreadable"
-    if not isinstance(outputs, dict):
-        return None
-    for rel, rec in outputs.items():
-        try:
-            size = (folder / rel).stat().st_size
-        except OSError:
-            return f"{rel} is missing"
-        if size != rec.get("size") or ("sha256" in rec and _sha256(folder / rel) != rec["sha256"]):
-            return f"{rel} has changed"
-    return None
-
-
-def _check_intact(folder: Path) -> None:
-    """An artefact used as an input must still hold what it was written with."""
-    why = stale_reason(folder)
-    if why is not None:
-        raise DataError(folder, f"{why} since this artefact was written; run the command that made it again")
 
 
 def _is_stage_folder(path: Path, allow_empty: bool = False) -> bool:

@@ -166,11 +166,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it is renamed to ``path`` only on success.
 
     An existing ``path`` is replaced. On failure the temporary folder is removed, so nothing
-    half-written ever sits at ``path``.
+    half-written ever sits at ``path``; what a killed earlier write left beside it is removed
+    first (:func:`sweep_stale_siblings`).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale_siblings(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -183,6 +185,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_stale_siblings(path: Path) -> None:
+    """Remove the temporary folders a killed :func:`atomic_dir` of ``path`` left beside it
+    (``.NAME.PID-XXXX.tmp``, ``.NAME.old-PID``), unless the process named in them still runs (a
+    concurrent write of the same folder). Names without a pid come from versions that did not
+    write one; nothing else writes them, so they are stale too."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(?:(\d+)-)?[a-z0-9_]+\.tmp|old-(\d+))")
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            m = pattern.fullmatch(entry.name)
+            if m is None:
+                continue
+            pid = m.group(1) or m.group(2)
+            if pid is not None and _alive(int(pid)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def safe_name(name: str, source: str | Path) -> str:

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .checkpoint import load_checkpoint, model_checkpoint, save_checkpoint, unwrap
 from .crf import CRFConfig, crf_inputs, gated_crf_loss
-from .curves import JsonlWriter, TensorBoardCurves, nan_to_none, truncate_log
+from .curves import JsonlWriter, TensorBoardCurves, nan_to_none, rewrite_event_log, truncate_log
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError
 from .extension import (extend_at_pixels, extension_stats, extension_stats_at_pixels, finalize_extension_stats,
@@ -360,13 +360,14 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         samples, batch_size=per_rank, sampler=sampler, num_workers=loader_workers(cfg.workers, rt.device), collate_fn=collate,
         pin_memory=rt.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
     )
-    if rt.is_main:  # drop log rows of an epoch that a killed run did not finish
+    if rt.is_main:  # drop log rows of an epoch that a killed run did not finish, and its events
         for name in ("iterations.jsonl", "epochs.jsonl"):
             truncate_log(out_dir / name, start_epoch)
+        rewrite_event_log(out_dir / TENSORBOARD_DIR, out_dir / "iterations.jsonl", out_dir / "epochs.jsonl",
+                          len(loader))
     iter_log = JsonlWriter(out_dir / "iterations.jsonl" if rt.is_main else None)
     epoch_log = JsonlWriter(out_dir / "epochs.jsonl" if rt.is_main else None)
-    curves = TensorBoardCurves(out_dir / TENSORBOARD_DIR if rt.is_main else None, start_epoch=start_epoch,
-                               start_step=start_epoch * len(loader))
+    curves = TensorBoardCurves(out_dir / TENSORBOARD_DIR if rt.is_main else None)
     distances: dict[str, np.ndarray] = {}
     if rt.is_main and (out_dir / "distances.npz").exists() and start_epoch > 0:
         with np.load(out_dir / "distances.npz") as z:
