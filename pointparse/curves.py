@@ -180,10 +180,11 @@ def truncate_log(path: Path, start_epoch: int) -> None:
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("epoch", 0) < start_epoch:
-                keep.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the kill
             continue
+        if isinstance(row, dict) and isinstance(row.get("epoch", 0), int) and row.get("epoch", 0) < start_epoch:
+            keep.append(line)
     with atomic_file(path) as tmp:
         tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
 

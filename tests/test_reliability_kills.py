@@ -6,6 +6,7 @@ finished (or, for a damaged partial run, one line and a run started afresh)."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -135,3 +136,120 @@ def test_item8_a_killed_out_copy_leaves_nothing_behind_after_the_next_one(tmp_pa
         (tmp / "index.md").write_text("a report\n")
     assert (out / "index.md").read_text() == "a report\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["R", live.name])
+
+
+# ------------------------------------------------------------------------------------------------
+# item 9: a damaged .partial failed on every rerun until --force
+# ------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_of_another_model(partial: Path) -> Path:
+    """A real pointparse checkpoint, of a ResNet-18 run on the same classes."""
+    from pointparse.checkpoint import load_checkpoint, model_checkpoint, save_checkpoint
+    from pointparse.datasets import DatasetInfo
+    from pointparse.model import build_model
+    from pointparse.train import make_optimizer
+    from pointparse.train_config import TrainConfig
+
+    mine = load_checkpoint(partial / "checkpoint.pt")
+    cfg = TrainConfig(**{**mine["train_config"], "backbone": "resnet18"})
+    model = build_model(dataclasses.replace(cfg.model_config(2), weights="none"))
+    state = model_checkpoint(model, cfg, DatasetInfo.from_dict(mine["info"]), 1)
+    state.update(optimizer=make_optimizer(model, cfg).state_dict(), next_epoch=1, scaler={})
+    save_checkpoint(partial / "checkpoint.pt", state)
+    return partial / "checkpoint.pt"
+
+
+def _next_epoch(partial: Path, value) -> Path:
+    from pointparse.checkpoint import load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(partial / "checkpoint.pt")
+    state["next_epoch"] = value
+    save_checkpoint(partial / "checkpoint.pt", state)
+    return partial / "checkpoint.pt"
+
+
+def _garbage_distances(partial: Path) -> Path:
+    (partial / "distances.npz").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)
+    return partial / "distances.npz"
+
+
+def _pickled_distances(partial: Path) -> Path:
+    import pickle
+
+    (partial / "distances.npz").write_bytes(pickle.dumps({"pos_0": np.zeros(3)}))
+    return partial / "distances.npz"
+
+
+def _npz_of_objects(partial: Path) -> Path:
+    np.savez(partial / "distances.npz", pos_0=np.array([{"a": 1}], dtype=object))
+    return partial / "distances.npz"
+
+
+def _log_line_5(partial: Path) -> Path:
+    with open(partial / "epochs.jsonl", "a") as fh:
+        fh.write("5\n")
+    return partial / "epochs.jsonl"
+
+
+DAMAGES = {
+    "checkpoint of another model": (_checkpoint_of_another_model, "a checkpoint of another run (backbone"),
+    "next_epoch 999": (lambda p: _next_epoch(p, 999), "next_epoch 999 lies outside this run's 1 epochs"),
+    "next_epoch -1": (lambda p: _next_epoch(p, -1), "next_epoch -1 lies outside"),
+    "garbage distances.npz": (_garbage_distances, "not a readable .npz archive"),
+    "pickled distances.npz": (_pickled_distances, "not a readable .npz archive"),
+    "distances.npz of objects": (_npz_of_objects, "not a readable .npz archive"),
+    "epochs.jsonl line 5": (_log_line_5, "line 2 ('5') is not a log row"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_item9_a_damaged_partial_run_is_named_in_one_line_and_emptied(trained, tmp_path, damage):
+    """Each damage of the issue is found before resuming: one line `<path>: <what is wrong>;
+    starting this run afresh`, and the partial folder is emptied so the run trains from scratch."""
+    from pointparse.resume import restart_if_damaged
+    from pointparse.train_config import TrainConfig
+
+    _, _, art = _copy_cache(trained, tmp_path)
+    partial = _as_killed_partial(art)
+    cfg = TrainConfig(**json.loads((partial / "job.json").read_text())["train"])
+    lines: list[str] = []
+    assert restart_if_damaged(partial, cfg, 2, lines.append) is False and lines == []  # a kill's partial resumes
+    make, said = DAMAGES[damage]
+    path = make(partial)
+    assert restart_if_damaged(partial, cfg, 2, lines.append) is True
+    assert len(lines) == 1 and lines[0].startswith(f"{path}: ") and said in lines[0], lines
+    assert lines[0].endswith("; starting this run afresh")
+    assert list(partial.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["next_epoch 999", "epochs.jsonl line 5"])
+def test_item9_a_rerun_over_a_damaged_partial_run_trains_afresh(trained, tmp_path, damage):
+    """Today `next_epoch: 999` silently "finished" a 1-epoch run without training, and an
+    epochs.jsonl line `5` failed every rerun with a traceback: now one line, then a real run."""
+    root, cache, art = _copy_cache(trained, tmp_path)
+    partial = _as_killed_partial(art)
+    make, said = DAMAGES[damage]
+    path = make(partial)
+    res = _cli(*_train_args(root, cache))
+    assert res.exit_code == 0 and "wrote artefact" in res.output, res.output
+    assert "Traceback" not in res.output
+    assert f"{path}: " in res.output and said in res.output and "starting this run afresh" in res.output
+    rows = [json.loads(line) for line in (art / "epochs.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0]
+    assert not partial.exists() and (art / "model.pt").is_file()
+
+
+def test_item9_the_library_refuses_next_epoch_beyond_the_run(trained, tmp_path):
+    """`train()` called directly on such a folder is one DataError, not a run that "finished"."""
+    from pointparse.datasets import open_dataset
+    from pointparse.errors import DataError
+    from pointparse.train import train
+    from pointparse.train_config import TrainConfig
+
+    root, _, art = _copy_cache(trained, tmp_path)
+    partial = _as_killed_partial(art)
+    _next_epoch(partial, 999)
+    cfg = TrainConfig(**json.loads((partial / "job.json").read_text())["train"])
+    with pytest.raises(DataError, match="next_epoch 999 lies outside"):
+        train(cfg, open_dataset("folder", root, "train"), None, partial, progress=False)
