@@ -30,8 +30,6 @@ MANIFEST = "manifest.json"
 #: a temporary file or folder of an atomic write (io.atomic_file / io.atomic_dir)
 TEMPORARY = re.compile(r"\..+\.(tmp|old-\d+)")
 _CHUNK = 1 << 20
-# files up to this size are also recorded (and checked) by sha256; larger ones by size only
-HASH_LIMIT = 64 * 1024
 
 #: folder -> (stat signature of its manifest and listed files, the verdict) for this process
 _VERIFIED: dict[str, tuple[tuple, str | None]] = {}
@@ -71,8 +69,7 @@ def record_outputs(folder: Path) -> dict[str, dict]:
         if any(is_temporary(part) for part in rel.parts):
             continue
         if p.is_file() and not p.is_symlink() and rel.as_posix() != MANIFEST:
-            size = p.stat().st_size
-            out[rel.as_posix()] = {"size": size, **({"sha256": sha256_file(p)} if size <= HASH_LIMIT else {})}
+            out[rel.as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return out
 
 

@@ -253,3 +253,59 @@ def test_item9_the_library_refuses_next_epoch_beyond_the_run(trained, tmp_path):
     cfg = TrainConfig(**json.loads((partial / "job.json").read_text())["train"])
     with pytest.raises(DataError, match="next_epoch 999 lies outside"):
         train(cfg, open_dataset("folder", root, "train"), None, partial, progress=False)
+
+
+# ------------------------------------------------------------------------------------------------
+# item 10: same-size edits to files over 64 KiB were trusted
+# ------------------------------------------------------------------------------------------------
+
+
+def _flip_4k(path: Path) -> None:
+    """Flip 4 KiB in the middle of ``path``, keeping its size."""
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(size // 2)
+        block = fh.read(4096)
+        fh.seek(size // 2)
+        fh.write(bytes(b ^ 0xFF for b in block))
+    assert path.stat().st_size == size
+
+
+def test_item10_a_same_size_edit_inside_model_pt_is_a_miss_and_refused_as_an_input(trained, tmp_path):
+    """4 KiB flipped inside model.pt: `train` reused the artefact and evaluate/predict used the
+    corrupted weights. Now the cache recomputes it (one line says why) and a command given it as an
+    input (key, folder or the model.pt inside it) refuses it in one line."""
+    from pointparse.cache import StageCache
+
+    root, cache, art = _copy_cache(trained, tmp_path)
+    _flip_4k(art / "model.pt")
+    lines: list[str] = []
+    store = StageCache(cache, echo=lines.append)
+    assert store.lookup("train", art.name) is None
+    assert store._hit("train", art.name) is None  # what `train` asks before it reuses an artefact
+    assert len(lines) == 1 and "model.pt has changed since the artefact was written; recomputing it" in lines[0]
+    for ref in (art.name[:12], art, art / "model.pt"):
+        _one_line_error(_cli("evaluate", ref, "--dataset", "folder", "--root", root, "--split", "train",
+                             "--device", "cpu", "--cache-dir", cache), "model.pt has changed")
+        _one_line_error(_cli("predict", ref, root / "images", "--out", tmp_path / "p", "--device", "cpu",
+                             "--cache-dir", cache), "model.pt has changed")
+    assert not (tmp_path / "p").exists()
+
+
+def test_item10_an_artefact_is_hashed_once_per_process_unless_a_file_changes(trained, tmp_path, monkeypatch):
+    """Every recorded file is hashed before reuse, but once per process: a second look at an
+    unchanged artefact hashes nothing; a file touched since is hashed again."""
+    import pointparse.outputs as outputs
+
+    _, _, art = _copy_cache(trained, tmp_path)
+    listed = json.loads((art / "manifest.json").read_text())["outputs"]
+    assert all("sha256" in rec for rec in listed.values()) and listed["model.pt"]["size"] > 64 * 1024
+    hashed: list[str] = []
+    real = outputs.sha256_file
+    monkeypatch.setattr(outputs, "sha256_file", lambda p: hashed.append(Path(p).name) or real(p))
+    assert outputs.stale_reason(art) is None
+    assert sorted(hashed) == sorted(Path(rel).name for rel in listed)
+    hashed.clear()
+    assert outputs.stale_reason(art) is None and hashed == []
+    _flip_4k(art / "model.pt")
+    assert outputs.stale_reason(art) == "model.pt has changed" and "model.pt" in hashed
