@@ -165,11 +165,12 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it is renamed to ``path`` only on success.
 
-    An existing ``path`` is replaced. On failure the temporary folder is removed, so nothing
+    An existing ``path`` is replaced (``path`` is made absolute first: ``.`` or ``x/..`` have no
+    name to put a sibling beside). On failure the temporary folder is removed, so nothing
     half-written ever sits at ``path``; what a killed earlier write left beside it is removed
     first (:func:`sweep_stale_siblings`).
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_stale_siblings(path)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
@@ -262,8 +263,15 @@ def check_out_path(path: str | Path, command: str, cache_root: str | Path | None
     """Refuse an output path (file or folder) inside the cache root, holding it, or inside any
     folder laid out as a cache artefact (``<stage>/<2 hex>/<key>``): writing there would change
     what a cached key stands for (a report copied over another report's artefact is then reused
-    under that artefact's key)."""
+    under that artefact's key). Nor the current folder or one holding it (``--out .``): an output
+    folder is replaced by renaming, which would pull the folder from under the shell."""
     where = Path(path).resolve()
+    with contextlib.suppress(OSError):  # a current folder that was deleted meanwhile holds nothing
+        cwd = Path.cwd().resolve()
+        if where == cwd or where in cwd.parents:
+            what = "is the current folder" if where == cwd else "holds the current folder"
+            raise DataError(path, f"--out of {command} {what}; the output folder is replaced as a whole, so name "
+                                  f"a new folder (e.g. --out {command}-out)")
     if cache_root is not None:
         root = Path(cache_root).resolve()
         if where == root or root in where.parents:

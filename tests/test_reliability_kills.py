@@ -309,3 +309,34 @@ def test_item10_an_artefact_is_hashed_once_per_process_unless_a_file_changes(tra
     assert outputs.stale_reason(art) is None and hashed == []
     _flip_4k(art / "model.pt")
     assert outputs.stale_reason(art) == "model.pt has changed" and "model.pt" in hashed
+
+
+# ------------------------------------------------------------------------------------------------
+# item 3: --out . (an empty current folder) did all the work, then raised in io.atomic_dir
+# ------------------------------------------------------------------------------------------------
+
+
+def test_item3_out_dot_is_refused_before_any_work(tmp_path, monkeypatch):
+    root = _folder_dataset(tmp_path / "data")
+    cache = tmp_path / "c"
+    made = _cli("make-points", "--dataset", "folder", "--root", root, "--cache-dir", cache, "-q", "--workers", "0")
+    assert made.exit_code == 0, made.output
+    points = next(cache.glob("make-points/*/*/manifest.json")).parent
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(b"not read: the --out check comes first")
+    here = tmp_path / "empty"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    cases = [
+        (["report", "--run", f"B={points}"], "report"),
+        (["ablate-extension", ckpt, "--points", points], "ablate-extension"),
+        (["export-points", points, "--format", "sparse-png"], "export-points"),
+    ]
+    for args, command in cases:
+        for out in (".", "./", str(here)):
+            res = _cli(*args, "--out", out, "--cache-dir", cache)
+            _one_line_error(res, f"--out of {command} is the current folder")
+        res = _cli(*args, "--out", "..", "--cache-dir", cache)
+        _one_line_error(res, f"--out of {command} holds the current folder")
+    assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["c", "data", "empty",
+                                                                                       "model.pt"]
