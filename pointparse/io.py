@@ -1,12 +1,16 @@
 """Reading and writing images, label maps and files, with errors that name the file.
 
 Every writer here is atomic: it writes a temporary sibling and ``os.replace``s it into place, so
-an interrupted run never leaves a file that looks complete.
+an interrupted run never leaves a file that looks complete. Checkpoints, label maps and images
+are written through :func:`checked_file`, so a full disk is one line saying how much space the
+file needed (:mod:`pointparse.oserrors`), not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io as _io
 import json
 import os
 import re
@@ -19,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .oserrors import no_space
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -132,17 +137,75 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | N
         pal[255] = ignore_colour(classes)
         img = img.convert("P")
         img.putpalette(pal.reshape(-1).tolist())
-    with atomic_file(path) as tmp:
-        img.save(tmp, format="PNG")
+    buf = _io.BytesIO()  # encoded first: a full disk then says how much the file needed
+    img.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an RGB ``uint8`` [H, W, 3] image atomically (format from the suffix)."""
     path = Path(path)
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    buf = _io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format=fmt, **kwargs)
+    write_bytes(path, buf.getvalue())
+
+
+#: the one call every checked write goes through (tests make it raise ENOSPC to fill the disk)
+_os_write = os.write
+
+
+class CheckedWriter:
+    """A binary file (unbuffered) that knows how many bytes it was asked to write. When the disk
+    fills up it keeps counting without writing, so the error can say how much space the whole
+    file needed (see :func:`checked_file`); other OS errors propagate."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+        self.full: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        while self.full is None and len(view):
+            try:
+                view = view[_os_write(self.fd, view):]
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.full = exc
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def checked_file(path: str | Path) -> Iterator[CheckedWriter]:
+    """:func:`atomic_file` opened as a :class:`CheckedWriter`: a full disk is one :class:`DataError`
+    naming ``path`` with the size it needed, and nothing is left at ``path`` or beside it."""
+    path = Path(path)
     with atomic_file(path) as tmp:
-        kwargs = {"quality": quality} if fmt == "JPEG" else {}
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt, **kwargs)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            fh = CheckedWriter(fd)
+            yield fh
+        finally:
+            os.close(fd)
+        if fh.full is not None:
+            raise no_space(path, fh.size) from None
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically (a full disk says how much was needed)."""
+    with checked_file(path) as fh:
+        fh.write(data)
 
 
 @contextlib.contextmanager

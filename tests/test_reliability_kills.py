@@ -340,3 +340,139 @@ def test_item3_out_dot_is_refused_before_any_work(tmp_path, monkeypatch):
         _one_line_error(res, f"--out of {command} holds the current folder")
     assert list(here.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["c", "data", "empty",
                                                                                        "model.pt"]
+
+
+
+# ------------------------------------------------------------------------------------------------
+# item 4: OS errors were tracebacks
+# ------------------------------------------------------------------------------------------------
+
+
+def _make_points_args(root: Path, cache: Path | None = None) -> list:
+    return ["make-points", "--dataset", "folder", "--root", root, "-q", "--workers", "0",
+            *(["--cache-dir", cache] if cache is not None else [])]
+
+
+@pytest.mark.parametrize("code", [errno.EROFS, errno.EPERM, errno.EACCES])
+def test_item4_a_read_only_or_immutable_cache_is_one_line(tmp_path, monkeypatch, code):
+    """A read-only (EROFS, EACCES) or immutable (EPERM) cache root: the first folder the cache makes
+    fails. (The tests run as root, which writes through chmod, so the refusal is simulated.)"""
+    root = _folder_dataset(tmp_path / "data")
+    cache = tmp_path / "c"
+    cache.mkdir()
+    real = os.mkdir
+
+    def refuse(path, *args, **kwargs):
+        if str(path).startswith(str(cache)):
+            raise OSError(code, os.strerror(code), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", refuse)
+    res = _cli(*_make_points_args(root, cache))
+    _one_line_error(res, f"cannot write into the cache {cache} (--cache-dir)", "choose a writable --cache-dir")
+    assert list(cache.iterdir()) == []
+
+
+def test_item4_pointparse_cache_naming_a_file_is_one_line(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    afile = tmp_path / "not-a-folder"
+    afile.write_text("x")
+    res = CliRunner().invoke(main, [str(a) for a in _make_points_args(root)], env={"POINTPARSE_CACHE": str(afile)})
+    _one_line_error(res, f"{afile}: the cache root ($POINTPARSE_CACHE) is a file, not a folder")
+    assert afile.read_text() == "x"
+
+
+def _disk_full_after(monkeypatch, budget: int = 0) -> None:
+    """Every checked write fails with ENOSPC once ``budget`` bytes were written."""
+    import pointparse.io as pio
+
+    left = [budget]
+    real = pio._os_write
+
+    def write(fd, data):
+        if left[0] <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        n = real(fd, bytes(data)[:left[0]])
+        left[0] -= n
+        return n
+
+    monkeypatch.setattr(pio, "_os_write", write)
+
+
+def test_item4_a_full_disk_while_writing_a_checkpoint_says_how_much_it_needed(trained, tmp_path, monkeypatch):
+    """The resumed run writes model.pt onto a full disk: one line with the size model.pt needed;
+    no artefact, no temporary beside it, and the partial run stays for the next attempt."""
+    from pointparse.oserrors import human_size
+
+    root, cache, art = _copy_cache(trained, tmp_path)
+    size = (art / "model.pt").stat().st_size
+    partial = _as_killed_partial(art)
+    (partial / "model.pt").unlink()
+    _disk_full_after(monkeypatch, 4096)
+    res = _cli(*_train_args(root, cache))
+    _one_line_error(res, f"{partial / 'model.pt'}: no space left on its device: writing it needs {human_size(size)}")
+    assert not art.exists() and (partial / "checkpoint.pt").is_file() and not (partial / "model.pt").exists()
+    assert not [p for p in partial.rglob("*.tmp")]
+
+
+def test_item4_a_full_disk_while_predict_writes_says_how_much_it_needed(trained, tmp_path, monkeypatch):
+    root, _, art = trained
+    out = tmp_path / "pred"
+    _disk_full_after(monkeypatch, 0)
+    res = _cli("predict", art / "model.pt", root / "images", "--out", out, "--device", "cpu", "-q")
+    err = _one_line_error(res, "im0.png: no space left on its device: writing it needs ")
+    assert "bytes" in err or "KiB" in err
+    assert not [p for p in out.iterdir() if p.suffix in (".png", ".jpg", ".tmp")]
+
+
+def test_item4_checked_writes_keep_their_bytes(tmp_path):
+    """The checked write (checkpoints, label PNGs, images) writes what the plain one wrote."""
+    import torch
+
+    from pointparse.checkpoint import save_checkpoint
+    from pointparse.io import write_image, write_label_png
+
+    obj = {"format": "x", "w": torch.arange(70000, dtype=torch.float32), "t": (1, 2)}
+    with open(tmp_path / "plain.pt", "wb") as fh:
+        torch.save(obj, fh)
+    save_checkpoint(tmp_path / "checked.pt", obj)
+    assert (tmp_path / "checked.pt").read_bytes() == (tmp_path / "plain.pt").read_bytes()
+    lab = (np.arange(60 * 50).reshape(60, 50) % 7).astype(np.uint8)
+    write_label_png(tmp_path / "l.png", lab)
+    Image.fromarray(lab, mode="L").save(tmp_path / "plain.png", format="PNG")
+    assert (tmp_path / "l.png").read_bytes() == (tmp_path / "plain.png").read_bytes()
+    img = np.stack([lab * 30] * 3, axis=-1)
+    write_image(tmp_path / "i.jpg", img, quality=90)
+    Image.fromarray(img).save(tmp_path / "plain.jpg", format="JPEG", quality=90)
+    assert (tmp_path / "i.jpg").read_bytes() == (tmp_path / "plain.jpg").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checked.pt", "i.jpg", "l.png", "plain.jpg",
+                                                           "plain.png", "plain.pt"]
+
+
+def test_item4_a_mask_that_is_a_symlink_loop_is_one_line(tmp_path):
+    root = _folder_dataset(tmp_path / "data")
+    mask = root / "masks" / "im0.png"
+    mask.unlink()
+    mask.symlink_to("im0.png")
+    res = _cli(*_make_points_args(root, tmp_path / "c"))
+    _one_line_error(res, f"{mask}: it is a symbolic link loop")
+    assert not list((tmp_path / "c").glob("make-points/*/*/manifest.json"))
+
+
+def test_item4_a_300_character_image_name_in_a_sparse_png_export_is_one_line(tmp_path):
+    from pointparse.cache import record_outputs
+
+    root = _folder_dataset(tmp_path / "data")
+    cache = tmp_path / "c"
+    assert _cli(*_make_points_args(root, cache)).exit_code == 0
+    points = next(cache.glob("make-points/*/*/manifest.json")).parent
+    doc = json.loads((points / "points.json").read_text())
+    doc["images"][0]["name"] = "a" * 300
+    (points / "points.json").write_text(json.dumps(doc))
+    manifest = json.loads((points / "manifest.json").read_text())
+    manifest["outputs"] = record_outputs(points)
+    (points / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "sparse"
+    res = _cli("export-points", points, "--format", "sparse-png", "--out", out, "--cache-dir", cache)
+    _one_line_error(res, f"{points / 'points.json'}: image 'aaaa", "(300 bytes)", "name is too long")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
