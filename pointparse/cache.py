@@ -31,9 +31,8 @@ from typing import Any, Callable, Iterator
 
 from .cache_clear import Cleared, claim, clear_shard, fcntl  # fcntl: None without POSIX locks (unlocked stages)
 from .errors import ConfigError, DataError, unknown_choice
-from .io import write_bytes
-from .oserrors import describe_os_error, no_space
 from .keys import canonical_json, stage_key
+from .oserrors import describe_os_error, no_space
 from .outputs import MANIFEST, check_intact as _check_intact, record_outputs, stale_reason, sweep_temporaries
 
 CACHE_ENV = "POINTPARSE_CACHE"
@@ -260,7 +259,7 @@ class StageCache:
         }
         try:
             # The manifest is written last, inside the temporary folder: its presence marks completion.
-            write_bytes(tmp / MANIFEST, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode("utf-8"))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
             if final.exists():  # a forced rebuild replaces the old artefact
                 old = final.with_name(f".{key}.old-{os.getpid()}")
                 os.replace(final, old)
