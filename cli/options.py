@@ -9,6 +9,7 @@ import yaml
 
 from pointparse.cache import CACHE_ENV
 from pointparse.errors import ConfigError, PointParseError
+from pointparse.oserrors import os_error
 from pointparse.dataspec import DatasetSpec
 
 
@@ -46,7 +47,8 @@ def spec_from_options(kind: str, root: str, split: str, options) -> DatasetSpec:
 
 
 def friendly(fn):
-    """Turn library errors into one clear message and a non-zero exit (no traceback)."""
+    """Turn library errors into one clear message and a non-zero exit (no traceback); so too any
+    operating-system error (a full disk, a read-only folder, a symlink loop), named by its file."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -54,6 +56,8 @@ def friendly(fn):
             return fn(*args, **kwargs)
         except PointParseError as exc:
             raise click.ClickException(str(exc)) from None
+        except OSError as exc:  # one the library did not word itself: still one line naming the file
+            raise click.ClickException(str(os_error(exc))) from None
 
     return wrapper
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import os
 import platform
@@ -30,17 +29,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: stages run unlocked
-    fcntl = None
-
+from .cache_clear import Cleared, claim, clear_shard, fcntl  # fcntl: None without POSIX locks (unlocked stages)
 from .errors import ConfigError, DataError, unknown_choice
 from .keys import canonical_json, stage_key
+from .oserrors import describe_os_error, no_space
+from .outputs import MANIFEST, check_intact as _check_intact, record_outputs, stale_reason, sweep_temporaries
 
 CACHE_ENV = "POINTPARSE_CACHE"
 DEFAULT_CACHE_DIR = ".pointparse-cache"
-MANIFEST = "manifest.json"
 # Every stage the package writes; `cache --clear NAME` accepts these (and any other folder of the
 # root laid out as a stage), so a typo lists them instead of silently removing nothing.
 KNOWN_STAGES = ("scenes", "make-points", "import-clicks", "train", "evaluate", "extension-row",
@@ -50,8 +46,6 @@ _SHARD = re.compile(r"[0-9a-f]{2}")
 _ENTRY = re.compile(r"\.?[0-9a-f]{64}(\..+)?")
 # stale temporary folders of a killed run: .<key>.<pid>.tmp and .<key>.old-<pid>
 _LEFTOVER = re.compile(r"\.([0-9a-f]{64})\.(?:old-)?(\d+)(?:\.tmp)?")
-# files up to this size are also recorded (and checked) by sha256; larger ones by size only
-HASH_LIMIT = 64 * 1024
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -95,6 +89,18 @@ class StageCache:
     def __init__(self, root: str | Path | None = None, echo: Callable[[str], None] | None = None):
         self.root = cache_root(root)
         self.echo = echo or _stderr_line
+        self.origin = "--cache-dir" if root else f"${CACHE_ENV}" if os.environ.get(CACHE_ENV) else "the default cache"
+        if self.root.exists() and not self.root.is_dir():
+            raise DataError(self.root, f"the cache root ({self.origin}) is a file, not a folder; point "
+                                       f"{'it' if self.origin.startswith('the') else self.origin} at a folder")
+
+    def _unwritable(self, exc: OSError) -> DataError:
+        """An OS error of the cache's own writes (folders, locks, manifests) as one line naming the
+        cache root and the option that chose it."""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return no_space(exc.filename or self.root)
+        return DataError(exc.filename or self.root, f"cannot write into the cache {self.root} ({self.origin}): "
+                                                    f"{describe_os_error(exc)}; choose a writable --cache-dir")
 
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / key
@@ -150,7 +156,7 @@ class StageCache:
                                    _read_manifest(self.path_for(stage, key)))
             if lock:
                 self._sweep(stage, key)
-            return self._build(stage, version, key, params, inputs, build, resume, fresh=force and lock)
+            return self._build(stage, version, key, params, inputs, build, resume, fresh=force and lock, lock=lock)
 
     def _sweep(self, stage: str, key: str) -> None:
         """Remove the temporary folders killed runs of this stage left behind.
@@ -170,7 +176,7 @@ class StageCache:
                 continue
             if fcntl is None:
                 continue
-            with _claim(entry.parent / f".{k}.lock") as free:
+            with claim(entry.parent / f".{k}.lock") as free:
                 if free:  # else a live build
                     shutil.rmtree(entry, ignore_errors=True)
 
@@ -182,12 +188,15 @@ class StageCache:
         however it dies, and forked workers do not inherit it, so a killed run frees it at once.
         """
         final = self.path_for(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        if fcntl is None:
+        path = final.with_name(f".{key}.lock")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644) if fcntl is not None else None
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+        if fd is None:
             yield
             return
-        path = final.with_name(f".{key}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -205,17 +214,26 @@ class StageCache:
             os.close(fd)  # releases the lock
 
     def _build(self, stage: str, version: int | str, key: str, params: Any, inputs: Any,
-               build: Callable[[Path], dict | None], resume: bool, fresh: bool = False) -> StageResult:
+               build: Callable[[Path], dict | None], resume: bool, fresh: bool = False,
+               lock: bool = True) -> StageResult:
         """Build (stage, key) in a temporary folder and rename it into place (caller holds the lock).
 
         ``fresh`` (``--force``) also discards a resumable partial run: forcing means starting over.
+        A resumed partial run first loses the temporaries (``.NAME.*.tmp``) a kill mid-write left in
+        it (only under the lock: without it, another node may be writing one right now); whatever
+        is left when the build ends is removed before the outputs are recorded.
         """
         final = self.path_for(stage, key)
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{key}.partial") if resume else final.with_name(f".{key}.{os.getpid()}.tmp")
-        if (fresh or not resume) and tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True, exist_ok=True)
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            if (fresh or not resume) and tmp.exists():
+                shutil.rmtree(tmp)
+            elif tmp.exists() and lock:
+                sweep_temporaries(tmp)  # what a kill mid-write left: never resumed from, never adopted
+            tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
         started = time.time()
         try:
             extra = build(tmp) or {}
@@ -224,6 +242,7 @@ class StageCache:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise
         ended = time.time()
+        sweep_temporaries(tmp)  # the build is over: any temporary left is a killed attempt's (another node's)
         outputs = record_outputs(tmp)
         manifest = {
             "stage": stage,
@@ -238,15 +257,21 @@ class StageCache:
             **json.loads(canonical_json(extra)),
             "outputs": outputs,
         }
-        # The manifest is written last, inside the temporary folder: its presence marks completion.
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        if final.exists():  # a forced rebuild replaces the old artefact
-            old = final.with_name(f".{key}.old-{os.getpid()}")
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
+        try:
+            # The manifest is written last, inside the temporary folder: its presence marks completion.
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+            if final.exists():  # a forced rebuild replaces the old artefact
+                old = final.with_name(f".{key}.old-{os.getpid()}")
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+        finally:
+            if not resume and tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
         return StageResult(stage, key, final, False, manifest)
 
     def find(self, ref: str | Path, stage: str | None = None) -> Path:
@@ -302,130 +327,12 @@ class StageCache:
         done = Cleared()
         for target in targets:
             for shard in sorted(target.iterdir()):
-                _clear_shard(target.name, shard, done)
+                clear_shard(target.name, shard, done)
                 with contextlib.suppress(OSError):
                     shard.rmdir()  # only when emptied
             with contextlib.suppress(OSError):
                 target.rmdir()
         return done
-
-
-@dataclass
-class Cleared:
-    """What :meth:`StageCache.clear` did: finished artefacts and unfinished runs (``.partial``
-    folders, temporary folders of killed runs) removed, and the keys it left because their lock is
-    held: ``(stage, key, what is there, holder pid)``."""
-
-    artefacts: int = 0
-    unfinished: int = 0
-    skipped: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-
-def _clear_shard(stage: str, shard: Path, done: Cleared) -> None:
-    """Delete every key of one shard folder whose lock nobody holds (each while holding it)."""
-    by_key: dict[str, list[Path]] = {}
-    for e in shard.iterdir():
-        by_key.setdefault(e.name.lstrip(".")[:64], []).append(e)
-    for key, entries in sorted(by_key.items()):
-        lock = shard / f".{key}.lock"
-        with _claim(lock) as free:
-            if not free:
-                what = sorted({_kind_of(e.name) for e in entries if e != lock}) or ["lock"]
-                done.skipped.append((stage, key, ", ".join(what), _holder(lock)))
-                continue
-            for e in entries:
-                if e == lock:
-                    continue
-                if e.name == key and (e / MANIFEST).is_file():
-                    done.artefacts += 1
-                elif e.is_dir():
-                    done.unfinished += 1
-                if e.is_dir() and not e.is_symlink():
-                    shutil.rmtree(e)
-                else:
-                    e.unlink()
-            if lock.exists():
-                lock.unlink()  # while holding it: a process that opens it now makes a new one
-
-
-@contextlib.contextmanager
-def _claim(lock: Path) -> Iterator[bool]:
-    """Take ``lock`` without waiting: yields True while holding it, False when another process
-    holds it (a live build). Without POSIX locks every key is free."""
-    if fcntl is None:
-        yield True
-        return
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:  # its shard was removed meanwhile
-        yield True
-        return
-    try:
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            yield False
-        else:
-            yield True
-    finally:
-        os.close(fd)
-
-
-def _kind_of(entry: str) -> str:
-    """What a cache entry is, in words: a finished artefact, a partial run or a temporary folder."""
-    return "partial run" if entry.endswith(".partial") else "temporary folder" if entry.startswith(".") else "artefact"
-
-
-def _holder(lock: Path) -> str:
-    """The pid a lock file names (what :meth:`StageCache.locked` writes into it), or ``?``."""
-    try:
-        return lock.read_text(encoding="utf-8").strip() or "?"
-    except OSError:
-        return "?"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def record_outputs(folder: Path) -> dict[str, dict]:
-    """What a finished artefact holds: ``{relative path: {"size": bytes[, "sha256": hex]}}`` (the
-    hash for files up to :data:`HASH_LIMIT`), written into its manifest."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        rel = p.relative_to(folder).as_posix()
-        if p.is_file() and not p.is_symlink() and rel != MANIFEST:
-            size = p.stat().st_size
-            out[rel] = {"size": size, **({"sha256": _sha256(p)} if size <= HASH_LIMIT else {})}
-    return out
-
-
-def stale_reason(folder: Path) -> str | None:
-    """Why a finished artefact no longer matches the files its manifest records, or ``None``
-    (also for artefacts written before manifests recorded their files)."""
-    try:
-        outputs = json.loads((folder / MANIFEST).read_text(encoding="utf-8")).get("outputs")
-    except (OSError, ValueError, AttributeError):
-        return "its manifest.json is unreadable"
-    if not isinstance(outputs, dict):
-        return None
-    for rel, rec in outputs.items():
-        try:
-            size = (folder / rel).stat().st_size
-        except OSError:
-            return f"{rel} is missing"
-        if size != rec.get("size") or ("sha256" in rec and _sha256(folder / rel) != rec["sha256"]):
-            return f"{rel} has changed"
-    return None
-
-
-def _check_intact(folder: Path) -> None:
-    """An artefact used as an input must still hold what it was written with."""
-    why = stale_reason(folder)
-    if why is not None:
-        raise DataError(folder, f"{why} since this artefact was written; run the command that made it again")
 
 
 def _is_stage_folder(path: Path, allow_empty: bool = False) -> bool:

@@ -11,7 +11,7 @@ import torch
 
 from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
-from .io import atomic_file
+from .io import checked_file
 from .model import IMAGENET_MEAN, IMAGENET_STD, ModelConfig, PointParseNet, build_model
 
 CHECKPOINT_FORMAT = "pointparse-checkpoint-v1"
@@ -26,7 +26,7 @@ def save_checkpoint(path: Path, obj: dict) -> None:
     file object, so the zip's inner folder is ``archive/`` and not the random temporary file name:
     the same weights give the same bytes, and so the same evaluate/ablation keys (which fingerprint
     a checkpoint by its bytes) when a run is repeated."""
-    with atomic_file(path) as tmp, open(tmp, "wb") as fh:
+    with checked_file(path) as fh:  # a full disk: one DataError saying how much the file needed
         torch.save(obj, fh)
 
 

@@ -20,16 +20,16 @@ folder to compare runs)::
 ``<key>`` is the jsonl key unchanged (``loss``, ``ce``, ``pdml``, ``lr``, ``lr_head``,
 ``dis_pos``, ``dis_neg``, ``active_triples``, ``triples_per_step``, ``ext_accuracy``,
 ``ext_coverage``, ``ext_pixels_per_image``, ``val_miou``, ...). ``None`` values, strings and the
-counters ``epoch`` / ``iter`` are skipped; booleans are written as 0/1. The two kinds of rows live
-in two event folders because a resumed run purges each at its own step (``purge_step``): the
-killed run's events from ``start_epoch`` on are hidden, as the jsonl rows are truncated.
+counters ``epoch`` / ``iter`` are skipped; booleans are written as 0/1. A resumed run writes its
+event files anew from the jsonl rows it keeps (:func:`rewrite_event_log`), so the killed attempt's
+events never show an epoch twice.
 
 Usage in the training loop (rank 0 passes a folder, other ranks ``None``)::
 
-    from .curves import TensorBoardCurves
+    from .curves import TensorBoardCurves, rewrite_event_log
 
-    curves = TensorBoardCurves(out_dir / "tensorboard" if rt.is_main else None,
-                               start_epoch=start_epoch, start_step=start_epoch * len(loader))
+    rewrite_event_log(out_dir / "tensorboard", ...)  # a resumed run: its kept rows only
+    curves = TensorBoardCurves(out_dir / "tensorboard" if rt.is_main else None)
     try:
         ...  # per logged iteration, beside iter_log.write(row):
         curves.log_iteration(epoch * len(loader) + it, row)
@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,7 +53,8 @@ import torch
 
 from .io import atomic_file
 
-__all__ = ["JsonlWriter", "TensorBoardCurves", "nan_to_none", "tensorboard_available", "truncate_log"]
+__all__ = ["JsonlWriter", "TensorBoardCurves", "nan_to_none", "rewrite_event_log", "tensorboard_available",
+           "truncate_log"]
 
 #: row keys that are the x axis, not a curve
 STEP_KEYS = frozenset({"epoch", "iter"})
@@ -178,12 +180,35 @@ def truncate_log(path: Path, start_epoch: int) -> None:
     keep = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line).get("epoch", 0) < start_epoch:
-                keep.append(line)
+            row = json.loads(line)
         except json.JSONDecodeError:  # a line cut by the kill
             continue
+        if isinstance(row, dict) and isinstance(row.get("epoch", 0), int) and row.get("epoch", 0) < start_epoch:
+            keep.append(line)
     with atomic_file(path) as tmp:
         tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+
+
+def rewrite_event_log(log_dir: Path, iterations: Path, epochs: Path, steps_per_epoch: int) -> None:
+    """Write a resumed run's event files anew from its jsonl rows (already truncated to the epochs
+    it keeps). A killed attempt's event files can hold an epoch its checkpoint did not keep (the
+    kill fell between the two writes); left beside the resumed run's, that epoch appears twice,
+    and ``purge_step`` cannot hide it when the run restarts at epoch 0. Nothing to do for a run
+    that never wrote events (a fresh run, or no ``tensorboard`` package then)."""
+    if not log_dir.exists():
+        return
+    shutil.rmtree(log_dir)
+    with TensorBoardCurves(log_dir) as curves:
+        for row in _rows(iterations):
+            curves.log_iteration(int(row["epoch"]) * steps_per_epoch + int(row.get("iter", 0)), row)
+        for row in _rows(epochs):
+            curves._log("epochs", "epoch", int(row["epoch"]), row)
+
+
+def _rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _json_default(v):

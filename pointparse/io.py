@@ -1,12 +1,16 @@
 """Reading and writing images, label maps and files, with errors that name the file.
 
 Every writer here is atomic: it writes a temporary sibling and ``os.replace``s it into place, so
-an interrupted run never leaves a file that looks complete.
+an interrupted run never leaves a file that looks complete. Checkpoints, label maps and images
+are written through :func:`checked_file`, so a full disk is one line saying how much space the
+file needed (:mod:`pointparse.oserrors`), not a traceback.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io as _io
 import json
 import os
 import re
@@ -19,6 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
+from .oserrors import no_space
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -132,17 +137,75 @@ def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | N
         pal[255] = ignore_colour(classes)
         img = img.convert("P")
         img.putpalette(pal.reshape(-1).tolist())
-    with atomic_file(path) as tmp:
-        img.save(tmp, format="PNG")
+    buf = _io.BytesIO()  # encoded first: a full disk then says how much the file needed
+    img.save(buf, format="PNG")
+    write_bytes(path, buf.getvalue())
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
     """Write an RGB ``uint8`` [H, W, 3] image atomically (format from the suffix)."""
     path = Path(path)
     fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
+    kwargs = {"quality": quality} if fmt == "JPEG" else {}
+    buf = _io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format=fmt, **kwargs)
+    write_bytes(path, buf.getvalue())
+
+
+#: the one call every checked write goes through (tests make it raise ENOSPC to fill the disk)
+_os_write = os.write
+
+
+class CheckedWriter:
+    """A binary file (unbuffered) that knows how many bytes it was asked to write. When the disk
+    fills up it keeps counting without writing, so the error can say how much space the whole
+    file needed (see :func:`checked_file`); other OS errors propagate."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.size = 0
+        self.full: OSError | None = None
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        n = view.nbytes
+        while self.full is None and len(view):
+            try:
+                view = view[_os_write(self.fd, view):]
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self.full = exc
+        self.size += n
+        return n
+
+    def flush(self) -> None:
+        pass
+
+    def writable(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def checked_file(path: str | Path) -> Iterator[CheckedWriter]:
+    """:func:`atomic_file` opened as a :class:`CheckedWriter`: a full disk is one :class:`DataError`
+    naming ``path`` with the size it needed, and nothing is left at ``path`` or beside it."""
+    path = Path(path)
     with atomic_file(path) as tmp:
-        kwargs = {"quality": quality} if fmt == "JPEG" else {}
-        Image.fromarray(np.asarray(image, dtype=np.uint8)).save(tmp, format=fmt, **kwargs)
+        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC)
+        try:
+            fh = CheckedWriter(fd)
+            yield fh
+        finally:
+            os.close(fd)
+        if fh.full is not None:
+            raise no_space(path, fh.size) from None
+
+
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` atomically (a full disk says how much was needed)."""
+    with checked_file(path) as fh:
+        fh.write(data)
 
 
 @contextlib.contextmanager
@@ -165,12 +228,15 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; it is renamed to ``path`` only on success.
 
-    An existing ``path`` is replaced. On failure the temporary folder is removed, so nothing
-    half-written ever sits at ``path``.
+    An existing ``path`` is replaced (``path`` is made absolute first: ``.`` or ``x/..`` have no
+    name to put a sibling beside). On failure the temporary folder is removed, so nothing
+    half-written ever sits at ``path``; what a killed earlier write left beside it is removed
+    first (:func:`sweep_stale_siblings`).
     """
-    path = Path(path)
+    path = Path(os.path.abspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    sweep_stale_siblings(path)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
         if path.exists():
@@ -183,6 +249,38 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sweep_stale_siblings(path: Path) -> None:
+    """Remove the temporary folders a killed :func:`atomic_dir` of ``path`` left beside it
+    (``.NAME.PID-XXXX.tmp``, ``.NAME.old-PID``), unless the process named in them still runs (a
+    concurrent write of the same folder). Names without a pid come from versions that did not
+    write one; nothing else writes them, so they are stale too."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(?:(\d+)-)?[a-z0-9_]+\.tmp|old-(\d+))")
+    with contextlib.suppress(OSError):
+        for entry in path.parent.iterdir():
+            m = pattern.fullmatch(entry.name)
+            if m is None:
+                continue
+            pid = m.group(1) or m.group(2)
+            if pid is not None and _alive(int(pid)):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: it exists
+        return True
+    return True
 
 
 def safe_name(name: str, source: str | Path) -> str:
@@ -228,8 +326,15 @@ def check_out_path(path: str | Path, command: str, cache_root: str | Path | None
     """Refuse an output path (file or folder) inside the cache root, holding it, or inside any
     folder laid out as a cache artefact (``<stage>/<2 hex>/<key>``): writing there would change
     what a cached key stands for (a report copied over another report's artefact is then reused
-    under that artefact's key)."""
+    under that artefact's key). Nor the current folder or one holding it (``--out .``): an output
+    folder is replaced by renaming, which would pull the folder from under the shell."""
     where = Path(path).resolve()
+    with contextlib.suppress(OSError):  # a current folder that was deleted meanwhile holds nothing
+        cwd = Path.cwd().resolve()
+        if where == cwd or where in cwd.parents:
+            what = "is the current folder" if where == cwd else "holds the current folder"
+            raise DataError(path, f"--out of {command} {what}; the output folder is replaced as a whole, so name "
+                                  f"a new folder (e.g. --out {command}-out)")
     if cache_root is not None:
         root = Path(cache_root).resolve()
         if where == root or root in where.parents:

@@ -23,6 +23,7 @@ from .cache import StageCache
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .datasets import DatasetInfo
 from .errors import DataError
+from .outputs import MANIFEST, check_intact
 from .runtime import resolve_device
 from .transforms import normalise
 
@@ -75,11 +76,17 @@ def _normalization(ckpt: dict, path: Path) -> tuple[tuple[float, ...], tuple[flo
 def resolve_checkpoint(ref: str | Path, cache: StageCache | None = None) -> Path:
     """The model.pt of ``ref``: a .pt file, a folder holding model.pt, or (with ``cache``) a train
     artefact key or unique key prefix. The one resolver behind every command that takes a checkpoint
-    (:meth:`pointparse.predictor.Predictor.from_checkpoint`, evaluate, the ablation, predict, export)."""
+    (:meth:`pointparse.predictor.Predictor.from_checkpoint`, evaluate, the ablation, predict, export).
+    A checkpoint inside a finished artefact (a key, its folder or the file in it) must still be the
+    one its manifest records, byte for byte: a same-size edit must not be used silently."""
     p = Path(ref)
     if p.is_file():
+        if (p.parent / MANIFEST).is_file():  # the model.pt of a finished artefact: still what it wrote?
+            check_intact(p.parent)
         return p
     if p.is_dir() and (p / "model.pt").is_file():
+        if (p / MANIFEST).is_file():
+            check_intact(p)
         return p / "model.pt"
     if cache is None:
         raise DataError(p, "folder has no model.pt (not a finished train artefact?)" if p.is_dir()

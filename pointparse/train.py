@@ -30,9 +30,9 @@ from tqdm import tqdm
 from . import IGNORE_INDEX
 from .checkpoint import load_checkpoint, model_checkpoint, save_checkpoint, unwrap
 from .crf import CRFConfig, crf_inputs, gated_crf_loss
-from .curves import JsonlWriter, TensorBoardCurves, nan_to_none, truncate_log
+from .curves import JsonlWriter, TensorBoardCurves, nan_to_none, rewrite_event_log, truncate_log
 from .datasets import DatasetInfo, SegmentationDataset
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .extension import (extend_at_pixels, extension_stats, extension_stats_at_pixels, finalize_extension_stats,
                         merge_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
@@ -317,11 +317,7 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         model = model.to(memory_format=torch.channels_last)
     if cfg.freeze_bn:
         freeze_batchnorm(model.backbone, parameters=True)
-    groups = model.param_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
-    if cfg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    else:
-        optimizer = torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = make_optimizer(model, cfg)
     class_weights = None
     if cfg.supervision == "points" and cfg.class_balance != "none":
         counts = np.zeros(info.num_classes, np.int64)
@@ -340,6 +336,8 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch = int(state["next_epoch"])
+        if not 0 <= start_epoch <= cfg.epochs:  # the train stage restarts such a run (pointparse.resume)
+            raise DataError(ckpt_path, f"next_epoch {start_epoch} lies outside this run's {cfg.epochs} epochs")
     if rt.distributed:
         ddp_kwargs = {"device_ids": [rt.device.index]} if rt.device.type == "cuda" else {}
         # the projection head is unused without PDML; the classifier always trains
@@ -360,13 +358,14 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         samples, batch_size=per_rank, sampler=sampler, num_workers=loader_workers(cfg.workers, rt.device), collate_fn=collate,
         pin_memory=rt.device.type == "cuda", drop_last=drop_last, persistent_workers=False,
     )
-    if rt.is_main:  # drop log rows of an epoch that a killed run did not finish
+    if rt.is_main:  # drop log rows of an epoch that a killed run did not finish, and its events
         for name in ("iterations.jsonl", "epochs.jsonl"):
             truncate_log(out_dir / name, start_epoch)
+        rewrite_event_log(out_dir / TENSORBOARD_DIR, out_dir / "iterations.jsonl", out_dir / "epochs.jsonl",
+                          len(loader))
     iter_log = JsonlWriter(out_dir / "iterations.jsonl" if rt.is_main else None)
     epoch_log = JsonlWriter(out_dir / "epochs.jsonl" if rt.is_main else None)
-    curves = TensorBoardCurves(out_dir / TENSORBOARD_DIR if rt.is_main else None, start_epoch=start_epoch,
-                               start_step=start_epoch * len(loader))
+    curves = TensorBoardCurves(out_dir / TENSORBOARD_DIR if rt.is_main else None)
     distances: dict[str, np.ndarray] = {}
     if rt.is_main and (out_dir / "distances.npz").exists() and start_epoch > 0:
         with np.load(out_dir / "distances.npz") as z:
@@ -404,6 +403,14 @@ def train(cfg: TrainConfig, dataset: SegmentationDataset, points: dict | None, o
         epoch_log.close()
         curves.close()
     return row
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (or AdamW) over the model's groups: ``f`` at the base rate, ``g`` at ``head_lr_mult``×."""
+    groups = unwrap(model).param_groups(cfg.lr, cfg.weight_decay, cfg.head_lr_mult)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
 def _epoch_line(row: dict, cfg: TrainConfig) -> str:

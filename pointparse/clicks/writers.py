@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from ..datasets import DatasetInfo
+from ..errors import DataError
 from ..io import atomic_file, atomic_out_dir, safe_name, write_json, write_label_png
+from ..oserrors import describe_os_error
 from ..points import PointSet
 
 
@@ -107,4 +109,9 @@ def write_sparse_png(view: ExportView, out: Path) -> None:
     names = [safe_name(name, view.points.path) for name in view.names]  # names come from a file: untrusted
     with atomic_out_dir(out, "export-points") as tmp:
         for name in names:
-            write_label_png(tmp / f"{name}.png", view.points.label_map(name), palette=palette)
+            try:
+                write_label_png(tmp / f"{name}.png", view.points.label_map(name), palette=palette)
+            except OSError as exc:  # a name the file system refuses (too long, ...): say which image
+                shown = name if len(name) <= 48 else f"{name[:40]}...{name[-5:]}"
+                raise DataError(view.points.path, f"image {shown!r} ({len(name.encode())} bytes): cannot write "
+                                                  f"{shown}.png: {describe_os_error(exc)}; rename the image") from None

@@ -4,7 +4,8 @@ Key: the :class:`~pointparse.train_config.TrainConfig` without what changes only
 logging), the split's fingerprint, the points artefact's key (point supervision), the label set's
 key (``labels``; without one ``label_weight`` stays out of the key), the validation split's
 fingerprint and the evaluation options. A killed run continues from its last epoch
-checkpoint in ``<key>.partial``.
+checkpoint in ``<key>.partial``; a damaged one (:mod:`pointparse.resume`) is said in one line and
+started afresh.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 import torch.distributed as dist
 
 from ..cache import StageCache, StageResult
-from ..checkpoint import load_checkpoint
 from ..curves import TensorBoardCurves
 from ..dataspec import SYNTHETIC_KIND, DatasetSpec, class_difference, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
@@ -34,6 +34,7 @@ from ..io import atomic_file, read_json, write_json
 from ..keys import content_fingerprint
 from ..labelset import check_label_set, load_label_set
 from ..points import load_points
+from ..resume import restart_if_damaged
 from ..train import TENSORBOARD_DIR, train
 from ..train_config import TrainConfig
 from .base import PipelineEntry, RunContext, Stage, Upstream, UpstreamMap
@@ -165,8 +166,8 @@ class Train(Stage):
                "val_split": self.val_split, "eval": dataclasses.asdict(self.eval_config), "progress": self.progress}
         if points_dir is not None:  # only when training: reading every image header is not free
             check_points_inside_images(self.point_set, self.dataset)
+        restart_if_damaged(tmp, self.config, self.dataset.info.num_classes, self.cache.echo)
         write_json(tmp / "job.json", job)
-        discard_corrupt_checkpoint(tmp, self.cache.echo)
         out = {}
         if self.distributed:
             cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={max(self.gpus, 1)}",
@@ -251,23 +252,6 @@ def check_gpus(gpus: int, batch_size: int, torchrun_args, echo: Callable[[str], 
             echo(f"--gpus {gpus}: no CUDA device here, so {gpus} CPU processes (gloo) share this machine's cores")
         elif torch.cuda.device_count() < gpus:
             raise ConfigError(f"--gpus {gpus}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-def discard_corrupt_checkpoint(run_dir: Path, echo: Callable[[str], None]) -> None:
-    """A ``checkpoint.pt`` in a partial run that does not load would fail every resume (and every
-    rerun): say so in one line and remove it, so training starts over."""
-    path = run_dir / "checkpoint.pt"
-    if not path.exists():
-        return
-    try:
-        state = load_checkpoint(path)
-        missing = [k for k in ("model", "optimizer", "next_epoch") if k not in state]
-        problem = f"resumable checkpoint lacks {', '.join(missing)}" if missing else None
-    except DataError as exc:
-        problem = exc.problem
-    if problem:
-        echo(f"{path}: {problem}; discarded, training starts over")
-        path.unlink()
 
 
 def run_job(run_dir: str | Path) -> None:
