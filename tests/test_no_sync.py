@@ -1,11 +1,13 @@
 """Issue 23: the training losses trace whole, i.e. no host sync inside a step.
 
-``torch.compile(backend="eager", fullgraph=True)`` refuses any graph break: a ``.item()`` /
-``.tolist()`` / ``bool(tensor)``, an op whose output size depends on the data (``nonzero``,
-``unique``, boolean indexing) or a ``torch.Generator`` inside the function. Each of these would
-make a GPU step wait for the host, so tracing whole on CPU (no compiler needed: the eager backend
-only runs Dynamo's tracer) checks the property without a GPU. The compiled result must equal the
-eager one. Also here: Algorithm 1's sampling distribution (chi-square), the fixed click squares
+``torch.compile(backend=..., fullgraph=True)`` refuses any graph break: a ``.tolist()``, a
+``bool(tensor)`` deciding control flow, a ``torch.Generator`` inside the function. Recent
+Dynamo (2.14 here) no longer breaks on ``nonzero``, ``unique``, boolean indexing, ``bincount``
+or ``.item()``: it captures them with *unbacked* symbols (sizes and values only the data
+knows), and each is still a host sync on a GPU. So the backend here is the eager backend (it
+runs the captured graph as is; no compiler needed) plus one check: no node of the graph may
+carry an unbacked symbol. Tracing on CPU thus checks the property without a GPU. The compiled
+result must equal the eager one. Also here: Algorithm 1's sampling distribution (chi-square), the fixed click squares
 against the compact ones, and the deferred non-finite check of the training statistics.
 """
 
@@ -30,10 +32,36 @@ compile_ok = hasattr(torch, "compile") and hasattr(torch, "_dynamo")
 needs_compile = pytest.mark.skipif(not compile_ok, reason="torch.compile is not available")
 
 
+class HostSync(AssertionError):
+    """A traced graph holds a data-dependent size or value (a host sync on a GPU)."""
+
+
+def eager_without_syncs(gm, example_inputs):
+    """The ``eager`` backend (returns the graph's own forward) after checking that no node's
+    value has an unbacked (data-dependent) symbol in its shape or value."""
+    from torch.fx.experimental.symbolic_shapes import free_unbacked_symbols
+
+    for node in gm.graph.nodes:
+        val = node.meta.get("example_value")
+        for v in val if isinstance(val, (tuple, list)) else [val]:
+            if v is not None and free_unbacked_symbols(v):
+                raise HostSync(f"data-dependent result, a host sync on a GPU: {node.format_node()}")
+    return gm.forward
+
+
 def traced(fn):
-    """``fn`` compiled whole (any graph break raises), with a fresh Dynamo cache."""
+    """``fn`` compiled whole (any graph break or data-dependent node raises), fresh Dynamo cache."""
     torch._dynamo.reset()
-    return torch.compile(fn, backend="eager", fullgraph=True, dynamic=False)
+    return torch.compile(fn, backend=eager_without_syncs, fullgraph=True, dynamic=False)
+
+
+@needs_compile
+@pytest.mark.parametrize("op", ["nonzero", "unique", "mask", "item", "bincount"])
+def test_the_check_catches_each_kind_of_sync(op):
+    fn = {"nonzero": lambda x: x.nonzero(), "unique": lambda x: torch.unique(x), "mask": lambda x: x[x > 0],
+          "item": lambda x: x.sum().item() + 1, "bincount": lambda x: torch.bincount((x > 0).long())}[op]
+    with pytest.raises(Exception, match="HostSync|Unsupported|data-dependent"):
+        traced(fn)(torch.randn(5))
 
 
 def _clicks(B=3, C=5, H=29, W=33, per=6, seed=0):
