@@ -219,6 +219,22 @@ def test_whole_training_losses_trace(extension):
         torch.testing.assert_close(a, e)
 
 
+@needs_compile
+def test_confusion_update_traces():
+    from pointparse.evaluate import ConfusionMatrix
+
+    pred = torch.randint(0, 4, (2, 9, 7), generator=torch.Generator().manual_seed(0))
+    target = torch.randint(0, 4, (2, 9, 7), generator=torch.Generator().manual_seed(1))
+    target[:, :2] = 255
+    eager, compiled = ConfusionMatrix(4), ConfusionMatrix(4)
+    eager.update(pred, target)
+    traced(compiled.update)(pred, target)
+    assert torch.equal(compiled.mat, eager.mat) and int(eager.mat.sum()) == 2 * 7 * 7
+    traced(compiled.update)(pred + 4, target)  # out of range: counted, raised when read
+    with pytest.raises(ValueError, match="0..3"):
+        compiled.mat
+
+
 # ---- Algorithm 1's sampling distribution ---------------------------------------------------------
 
 def test_pairing_distribution_is_uniform_chi_square():
