@@ -64,11 +64,9 @@ the same number of labelled images.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
@@ -363,53 +361,6 @@ def pdml_loss(
     return loss, _stats(raw.gather(1, pos), raw.gather(1, neg), hinge, valid)
 
 
-def pdml_loss_reference(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    image_ids: torch.Tensor,
-    alpha: float = 0.8,
-    beta: float = 1.0,
-    margin: float = 20.0,
-    generator: torch.Generator | None = None,
-    groups: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-    """Algorithm 1 as literal Python loops: the slow reference for tests and benchmarks only.
-
-    Same arguments and pairing order as :func:`pdml_loss` (it draws the same key matrix from
-    ``generator``); distances are plain ``torch.linalg.vector_norm(a - b)``. Returns the loss
-    and the list of ``(anchor, positive, negative)`` index triples in loop order.
-    """
-    _check_points(labels, image_ids, groups, embeddings.shape[0])
-    n = labels.shape[0]
-    keys = pairing_keys(n, generator, embeddings.device).cpu().tolist()
-    lab = [int(v) for v in labels.tolist()]
-    img = [int(v) for v in image_ids.tolist()]
-    grp = [0] * n if groups is None else [int(v) for v in groups.tolist()]
-    x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-    losses, triples = [], []
-    for s in dict.fromkeys(grp):  # line 2: each subgroup s
-        images = list(dict.fromkeys(img[k] for k in range(n) if grp[k] == s))
-        for im_n in images:  # line 3
-            for im_m in images:  # line 4
-                if im_m == im_n:
-                    continue
-                e_n = [k for k in range(n) if img[k] == im_n and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
-                e_m = [k for k in range(n) if img[k] == im_m and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
-                for i in e_n:  # line 6
-                    e_pos = [j for j in e_m if lab[j] == lab[i]]
-                    e_neg = [j for j in e_m if lab[j] != lab[i]]
-                    e_pos.sort(key=lambda j: (keys[i][j], j))  # line 16: random selection order
-                    e_neg.sort(key=lambda j: (keys[i][j], j))
-                    for p, q in zip(e_pos, e_neg):  # lines 15-19
-                        d_ap = torch.linalg.vector_norm(x[i] - x[p])
-                        d_an = torch.linalg.vector_norm(x[i] - x[q])
-                        losses.append(alpha * d_ap + beta * torch.clamp(d_ap - d_an + margin, min=0))
-                        triples.append((i, p, q))
-    if not losses:
-        return x.sum() * 0.0, triples
-    return torch.stack(losses).mean(), triples
-
-
 def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
     """[N] subgroup ids: the batch's images, in order of first appearance, cut into consecutive
     groups of ``group_size`` images (the paper's subgroups ``s``). 0 or None: one group."""
@@ -425,68 +376,7 @@ def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
     return torch.div(order, int(group_size), rounding_mode="floor")
 
 
-# --------------------------------------------------------------------------------------------
-# Cross-rank gathering
-# --------------------------------------------------------------------------------------------
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_points(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    image_ids: torch.Tensor,
-    groups: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """All-gather every rank's points (rank order), with gradient for ``embeddings``.
-
-    Ranks may hold different numbers of points (counts are gathered first, rows padded to the
-    maximum, gathered, then unpadded). ``image_ids`` are taken as local to each rank and made
-    globally distinct as ``rank * K + id`` (``K`` = 1 + the largest id on any rank; ids must be
-    >= 0), so two ranks' "image 0" are never mistaken for one image; ``groups`` are gathered
-    unchanged (compute :func:`subgroups` on the gathered ids instead). Without an initialised
-    process group of size > 1 the inputs are returned unchanged.
-
-    Scaling: use the global-mean :func:`pdml_loss` of the gathered set unscaled on every rank.
-    The all_gather backward sums the ``W`` ranks' gradients for each rank's rows (``W`` times
-    the single-process gradient) and DDP's averaging divides by ``W`` again.
-    """
-    if not _distributed():
-        return embeddings, labels, image_ids, groups
-    import torch.distributed.nn.functional as dist_fn  # loads the RPC machinery: DDP runs only
-
-    world = dist.get_world_size()
-    device = embeddings.device
-    count = torch.tensor([embeddings.shape[0]], dtype=torch.long, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    rows = max(max(counts), 1)
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = rows - t.shape[0]
-        return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))]) if extra else t
-
-    def plain_gather(t: torch.Tensor) -> list[torch.Tensor]:
-        out = [torch.empty_like(pad(t)) for _ in range(world)]
-        dist.all_gather(out, pad(t).contiguous())
-        return out
-
-    with warnings.catch_warnings():
-        # deprecated in favour of a private API, but it is the public autograd-aware all_gather
-        warnings.simplefilter("ignore", FutureWarning)
-        emb_all = dist_fn.all_gather(pad(embeddings))
-    emb = torch.cat([e[:c] for e, c in zip(emb_all, counts)])
-    lab = torch.cat([t[:c] for t, c in zip(plain_gather(labels.to(device)), counts)])
-    ids_parts = [t[:c].long() for t, c in zip(plain_gather(image_ids.to(device)), counts)]
-    ids_all = torch.cat(ids_parts)
-    if ids_all.numel() and int(ids_all.min()) < 0:
-        raise ValueError("gather_points needs image_ids >= 0 to make them distinct across ranks")
-    k = int(ids_all.max()) + 1 if ids_all.numel() else 1
-    ids = torch.cat([t + r * k for r, t in enumerate(ids_parts)])
-    grp = None
-    if groups is not None:
-        grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])
-    return emb, lab, ids, grp
+# the literal loop (tests, benchmarks) and the cross-rank gather live beside this module; their
+# names stay importable from here
+from .pdml_gather import gather_points  # noqa: E402
+from .pdml_reference import pdml_loss_reference  # noqa: E402
