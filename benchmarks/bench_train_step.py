@@ -10,6 +10,9 @@ loss on the logits, backward and an SGD step; the full step is :func:`pointparse
     python benchmarks/bench_train_step.py --batch 8 --crop 321 --classes 59
     python benchmarks/bench_train_step.py --head deeplabv3+ --crf-weight 0.3 --pdml-variant normalized
     python benchmarks/bench_train_step.py --compare-heads --crop 256 --classes 9
+
+The GPU numbers of issue 23 (ResNet-101 OS 8, bf16, the sync check, ``--compile``, the loader)
+are printed together by ``benchmarks/gpu_checks.py``.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ def main() -> None:
     ap.add_argument("--crf-weight", type=float, default=0.0)
     ap.add_argument("--compare-heads", action="store_true", help="bare step of every head, side by side")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="the model under torch.compile (both steps)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -76,6 +80,8 @@ def main() -> None:
                       crf_weight=args.crf_weight)
     model = build_model(cfg.model_config(args.classes)).to(dev).train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+    if args.compile:  # the optimiser holds the parameters; the compiled wrapper shares them
+        model = torch.compile(model)
     batch = {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in
              make_batch(args.batch, args.crop, args.classes, args.clicks).items()}
     gen = torch.Generator().manual_seed(0)
@@ -101,7 +107,7 @@ def main() -> None:
     tb = min(t for n, t in rows if n.startswith("bare"))
     tf = min(t for n, t in rows if n.startswith("full"))
     print(f"\n{args.backbone} {args.head} batch {args.batch} crop {args.crop} classes {args.classes} "
-          f"ext {args.extension} pdml {args.pdml_variant} crf {args.crf_weight:g} on {dev}: "
+          f"ext {args.extension} pdml {args.pdml_variant} crf {args.crf_weight:g}{' compiled' if args.compile else ''} on {dev}: "
           f"full/bare throughput ratio = {tb / tf:.3f} (target >= 0.95)")
 
 

@@ -110,13 +110,15 @@ def crf_inputs(logits: torch.Tensor, images: torch.Tensor, valid: torch.Tensor, 
 
     ``logits`` [B, C, h', w'] at any stride, ``images`` [B, 3, H, W] normalised with ``mean``/
     ``std``, ``valid`` [B, H, W] bool. Returns (probs [B, C, h, w], rgb in [0, 1] [B, 3, h, w],
-    valid [B, h, w]) with ``h = ceil(H / stride)``.
+    valid [B, h, w]) with ``h = ceil(H / stride)``. No host sync.
     """
     H, W = images.shape[-2:]
     size = (-(-H // cfg.stride), -(-W // cfg.stride))
     probs = torch.softmax(F.interpolate(logits.float(), size=size, mode="bilinear", align_corners=False), dim=1)
-    m = torch.tensor(mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
-    rgb = F.interpolate(images.float() * s + m, size=size, mode="bilinear", align_corners=False, antialias=True)
+    # de-normalised per channel with Python floats: a tensor made from ``mean`` would be copied
+    # host -> device every step, a copy the GPU stream waits on
+    x = images.float()
+    rgb = torch.cat([x[:, c:c + 1] * float(std[c]) + float(mean[c]) for c in range(3)], dim=1)
+    rgb = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False, antialias=True)
     gate = F.interpolate(valid.float().unsqueeze(1), size=size, mode="nearest").squeeze(1) > 0.5
     return probs, rgb, gate

@@ -1,7 +1,7 @@
 """Evaluation: whole-image (optionally sliding-window, flipped) inference into a confusion matrix.
 
-The int64 confusion matrix is accumulated with ``bincount`` and summed across ranks with
-``all_reduce``. Each rank takes every ``world_size``-th image, so no image is counted twice (a
+The int64 confusion matrix is accumulated on the device without host syncs (fixed-size
+``index_add``; read once, at the end) and summed across ranks with ``all_reduce``. Each rank takes every ``world_size``-th image, so no image is counted twice (a
 ``DistributedSampler`` would pad with duplicates). Classes absent from both prediction and ground
 truth get NaN IoU and are left out of the mean.
 """
@@ -33,34 +33,58 @@ PREFETCH = 2
 
 
 class ConfusionMatrix:
-    """int64 [C, C] confusion matrix accumulated on ``device`` with ``torch.bincount``."""
+    """int64 [C, C] confusion matrix (rows: ground truth, columns: prediction) accumulated on
+    ``device`` without host syncs: fixed-size ``index_add`` (no boolean masking, no
+    ``bincount``, whose output size a GPU would have to report to the host).
+
+    Counts live in a flat [C·C + 2] buffer: cell ``t·C + p``, then one slot for ignored pixels
+    (ground truth 255 or >= C) and one counting predictions outside 0..C-1. On CPU such a
+    prediction raises at once (reading a CPU tensor costs nothing); on a GPU (or traced) it is
+    counted and raised when the matrix is read (:attr:`mat`, :meth:`compute`).
+    """
 
     def __init__(self, num_classes: int, device: torch.device | str | None = None):
         if int(num_classes) != num_classes or num_classes < 1:
             raise ConfigError(f"number of classes must be an integer >= 1, got {num_classes!r}")
         self.num_classes = int(num_classes)
-        self.mat = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64, device=device)
+        self._flat = torch.zeros(self.num_classes ** 2 + 2, dtype=torch.int64, device=device)
+
+    @property
+    def mat(self) -> torch.Tensor:
+        """The [C, C] counts (a view); raises if a prediction was out of range (a host read:
+        once, when the matrix is used)."""
+        n = self.num_classes
+        if int(self._flat[n * n + 1]):
+            raise ValueError(f"predictions must be class ids 0..{n - 1}")
+        return self._flat[:n * n].view(n, n)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Count ``pred`` against ``target`` (same shape, class ids; target 255 / >= C ignored)."""
         if pred.shape != target.shape:
             raise ValueError(f"prediction {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")
         n = self.num_classes
-        t = target.to(self.mat.device).reshape(-1).long()
-        p = pred.to(self.mat.device).reshape(-1).long()
+        dev = self._flat.device
+        t = target.to(dev, non_blocking=True).reshape(-1).long()
+        p = pred.to(dev, non_blocking=True).reshape(-1).long()
         keep = (t >= 0) & (t < n)
-        t, p = t[keep], p[keep]
-        if p.numel() and bool(((p < 0) | (p >= n)).any()):
+        bad_pred = (p < 0) | (p >= n)
+        if dev.type == "cpu" and not torch.compiler.is_compiling() and bool((keep & bad_pred).any()):
             raise ValueError(f"predictions must be class ids 0..{n - 1}")
-        self.mat += torch.bincount(t * n + p, minlength=n * n).view(n, n)
+        idx = torch.where(keep, torch.where(bad_pred, n * n + 1, t * n + p), n * n)
+        self._flat.index_add_(0, idx, torch.ones_like(idx))
+
+    def add_counts(self, counts: torch.Tensor) -> None:
+        """Add [C, C] (or [C·C]) counts taken elsewhere (the CPU numpy path of evaluate_model)."""
+        n = self.num_classes
+        self._flat[:n * n] += counts.reshape(-1).to(self._flat.device)
 
     def reset(self) -> None:
-        self.mat.zero_()
+        self._flat.zero_()
 
     def all_reduce(self) -> "ConfusionMatrix":
         """Sum the matrix over ranks when torch.distributed is initialised (else no-op)."""
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(self.mat)
+            torch.distributed.all_reduce(self._flat)
         return self
 
     def compute(self) -> SegMetrics:
@@ -155,8 +179,16 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
     cm = ConfusionMatrix(num_classes, device=device)
     show = progress and rank == 0
 
+    pin = device.type == "cuda"
+
+    def to_device(t: torch.Tensor) -> torch.Tensor:
+        # a copy from pageable memory waits for the stream; from pinned memory it does not
+        if pin and not t.is_pinned():
+            t = t.pin_memory()
+        return t.to(device, non_blocking=True)
+
     def infer(x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device, non_blocking=True)
+        x = to_device(x)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return predict_logits(model, x, cfg, num_classes, amp_dtype)
@@ -177,10 +209,10 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
                 if device.type == "cpu" and logits.shape[1] == num_classes:
                     counts += _confusion_counts(sample.mask, logits.argmax(1)[0].numpy(), num_classes)
                 else:  # on a GPU the tensor path stays there; it also rejects out-of-range predictions
-                    cm.update(logits.argmax(1), torch.from_numpy(sample.mask.astype(np.int64))[None].to(device))
+                    cm.update(logits.argmax(1), to_device(torch.from_numpy(sample.mask.astype(np.int64))[None]))
         finally:
             decoded.close()  # stops the decoding thread when inference stops early
-        cm.mat += torch.from_numpy(counts.reshape(num_classes, num_classes)).to(device)
+        cm.add_counts(torch.from_numpy(counts))
     cm.all_reduce()
     return cm.compute(), cm
 

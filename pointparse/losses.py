@@ -33,20 +33,20 @@ def point_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore_index
     Images without any labelled pixel are left out of the mean over images (they would
     otherwise pull it towards 0). With no labelled pixel at all the result is a zero that is
     still connected to ``logits`` (so ``backward`` works and gives zero gradients).
-    Only labelled pixels are gathered before the softmax, which keeps the cost proportional to
-    the number of clicks rather than to the image size.
+    Fixed shapes, no host sync: the CE is taken over every pixel with ``ignore_index`` and
+    masked, rather than gathering the labelled pixels first (a boolean index makes an output
+    whose size the host must read, which stalls a GPU step). Training on click squares uses
+    :func:`pixel_cross_entropy`, whose cost stays proportional to the clicks.
     """
     if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
         raise ValueError(f"point_cross_entropy expects logits [B,C,H,W] and labels [B,H,W]; got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    b = logits.shape[0]
+    labels = labels.long()
     valid = labels != ignore_index  # [B,H,W]
-    sel = logits.permute(0, 2, 3, 1)[valid].float()  # [P, C]
-    target = labels[valid].long()
-    ce = F.cross_entropy(sel, target, reduction="none")  # [P]
+    ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")  # [B,H,W], 0 off labels
     if class_weights is not None:
-        ce = ce * class_weights.to(ce.device, ce.dtype)[target]
-    image_of = torch.arange(b, device=logits.device).view(b, 1, 1).expand_as(labels)[valid]
-    per_image = torch.zeros(b, device=logits.device, dtype=ce.dtype).index_add(0, image_of, ce)
+        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        ce = ce * class_weights.to(ce.device, ce.dtype)[safe]
+    per_image = ce.flatten(1).sum(1)
     counts = valid.flatten(1).sum(1)
     has = counts > 0
     per_image = per_image / counts.clamp(min=1)

@@ -44,6 +44,14 @@ every (anchor, image) pair gets its own independent uniformly random order. The 
 :func:`pdml_loss` and the literal loop :func:`pdml_loss_reference` draw the same matrix, which
 is why, given equal generator seeds, they form exactly the same triples.
 
+No host sync (a GPU step never waits for the CPU): the triples are held in fixed-shape [N, N]
+tensors, one slot per (anchor, candidate) in the anchor's sorted row, with a mask of the slots
+that form a triple (:func:`pdml_triple_slots`), instead of a [T] list whose length T the host
+would have to read. The loss is a masked mean and :class:`PDMLStats` keeps its counts on the
+device; they are read only when a number is asked for. The keys are drawn outside the traced
+loss (:func:`pairing_keys`: a torch.Generator cannot be traced by ``torch.compile``) and copied
+to the device without blocking.
+
 Distributed training (:func:`gather_points`): every rank gathers all ranks' points (with
 gradient) and computes the *same* global-mean PDML loss on the gathered set. Backward through
 ``torch.distributed.nn.functional.all_gather`` SUMS the gradients that all ``W`` ranks send to a
@@ -56,11 +64,9 @@ the same number of labelled images.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import IGNORE_INDEX
@@ -82,20 +88,55 @@ _DIST_EPS = 1e-12
 
 @dataclass
 class PDMLStats:
-    """What one PDML evaluation saw (Figures 3 and 4 of the paper).
+    """What one PDML evaluation saw (Figures 3 and 4 of the paper), kept on the device.
 
-    ``mean_pos``/``mean_neg``: mean dis(+) = ||a-p|| and dis(-) = ||a-n|| over the triples (NaN
-    when there are none). ``pos_distances``/``neg_distances``: detached CPU 1-D float tensors of
-    the raw per-triple distances, subsampled (same indices for both, fixed seed) to at most
-    :data:`MAX_DISTANCE_SAMPLES`. ``active``: fraction of triples whose hinge (Eq. 5) is > 0.
+    Tensors (0-d unless stated, detached, on the embeddings' device; nothing read by the host):
+    ``count`` int64 number of triples T, ``pos_sum``/``neg_sum`` the sums of dis(+) = ||a-p|| and
+    dis(-) = ||a-n|| over them, ``active_count`` the triples whose hinge (Eq. 5) is > 0, and
+    ``samples`` [2, S] (raw dis(+), dis(-) rows) with ``sample_mask`` [S] bool: a fixed-size
+    subsample of the triples (all of them when T <= S = :data:`MAX_DISTANCE_SAMPLES`; otherwise
+    S chosen by a fixed hash of the slot, so logs are reproducible).
+
+    The float properties (``num_triples``, ``mean_pos``, ``mean_neg``, ``active``) and the CPU
+    ``pos_distances``/``neg_distances`` read the device once each: for tests and one-off use,
+    not inside a training step (the trainer accumulates the tensors and reads them per log).
     """
 
-    num_triples: int
-    mean_pos: float
-    mean_neg: float
-    active: float = float("nan")
-    pos_distances: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
-    neg_distances: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
+    count: torch.Tensor
+    pos_sum: torch.Tensor
+    neg_sum: torch.Tensor
+    active_count: torch.Tensor
+    samples: torch.Tensor = field(default_factory=lambda: torch.zeros(2, 0))
+    sample_mask: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
+
+    @property
+    def num_triples(self) -> int:
+        return int(self.count)
+
+    def _mean(self, total: torch.Tensor) -> float:
+        t = int(self.count)
+        return float(total) / t if t else float("nan")
+
+    @property
+    def mean_pos(self) -> float:
+        return self._mean(self.pos_sum)
+
+    @property
+    def mean_neg(self) -> float:
+        return self._mean(self.neg_sum)
+
+    @property
+    def active(self) -> float:
+        return self._mean(self.active_count)
+
+    @property
+    def pos_distances(self) -> torch.Tensor:
+        """1-D float32 CPU tensor: the subsample's dis(+) (same triples as ``neg_distances``)."""
+        return self.samples[0][self.sample_mask].float().cpu()
+
+    @property
+    def neg_distances(self) -> torch.Tensor:
+        return self.samples[1][self.sample_mask].float().cpu()
 
 
 def _check_points(labels: torch.Tensor, image_ids: torch.Tensor, groups: torch.Tensor | None, n: int | None = None) -> None:
@@ -108,15 +149,78 @@ def _check_points(labels: torch.Tensor, image_ids: torch.Tensor, groups: torch.T
         raise ValueError(f"PDML expects embeddings [N, D] with N = len(labels) = {labels.shape[0]}; got N = {n}")
 
 
-def _pairing_keys(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    """[N, N] uniform keys: the random selection order of Algorithm 1 (line 16), per anchor row."""
+def pairing_keys(n: int, generator: torch.Generator | None, device: torch.device | str) -> torch.Tensor:
+    """[N, N] float32 uniform keys on ``device``: the random selection order of Algorithm 1
+    (line 16), one row per anchor.
+
+    Drawn from ``generator`` on its own device (CPU in training, so a run pairs the same points
+    on CPU and GPU); the copy to an accelerator goes through pinned memory without blocking, so
+    the host never waits for the GPU here.
+    """
+    device = torch.device(device)
     gen_device = generator.device if generator is not None else device
-    return torch.rand((n, n), generator=generator, device=gen_device).to(device)
+    keys = torch.rand((n, n), generator=generator, device=gen_device)
+    if keys.device == device:
+        return keys
+    if keys.device.type == "cpu" and device.type == "cuda":
+        keys = keys.pin_memory()
+    return keys.to(device, non_blocking=True)
 
 
-def _dense_ids(ids: torch.Tensor) -> torch.Tensor:
-    """Map arbitrary ids to 0..K-1 (sorted order)."""
-    return torch.unique(ids, return_inverse=True)[1]
+def _first_index(ids: torch.Tensor) -> torch.Tensor:
+    """[N] long: index of the first point with the same id, a dense id without ``unique`` (whose
+    output size the host would have to read)."""
+    if ids.numel() == 0:  # argmax refuses an empty row
+        return torch.zeros(0, dtype=torch.long, device=ids.device)
+    eq = ids[:, None] == ids[None, :]
+    return eq.to(torch.uint8).argmax(dim=1)  # argmax returns the first maximum
+
+
+def pdml_triple_slots(labels: torch.Tensor, image_ids: torch.Tensor, keys: torch.Tensor,
+                      groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Algorithm 1's triples in fixed-shape form: ``(positive, negative, valid)``, each [N, N].
+
+    Row ``i`` is anchor ``i``'s candidates sorted by (image, polarity, key); slot ``(i, c)`` is a
+    triple ``(i, positive[i, c], negative[i, c])`` where ``valid[i, c]``. Elsewhere the indices
+    are in range but meaningless. ``keys`` [N, N] come from :func:`pairing_keys`; labels 255 or
+    negative take no part. No host sync, no data-dependent shape.
+
+    How: in anchor ``i``'s sorted row the negatives of image ``m`` sit just before its
+    positives, each run in key order. The ``r``-th positive (rank ``r`` in its run, at column
+    ``c``) pairs with the ``r``-th negative, at column ``c - n_neg``, when ``r < n_neg``: the
+    one-to-one walk of Algorithm 1 (lines 15-19) with both lists in the random order.
+    """
+    _check_points(labels, image_ids, groups)
+    n = labels.shape[0]
+    device = labels.device
+    labels = labels.long()
+    ok = (labels >= 0) & (labels != IGNORE_INDEX)
+    img = _first_index(image_ids.to(device))
+    cand = ok[:, None] & ok[None, :] & (img[:, None] != img[None, :])
+    if groups is not None:
+        cand &= groups[:, None] == groups[None, :]
+    same = labels[:, None] == labels[None, :]
+    pos = cand & same
+    # segment of (i, j): j's image, negatives (2m) before positives (2m + 1); others last (2N)
+    seg = torch.where(cand, img[None, :] * 2 + pos.long(), 2 * n)
+    # one sort by (segment, key, index): keys lie in [0, 1), so segment + key orders by segment
+    # first; float64 holds a float32 key plus an integer < 2^29 exactly; stable = ties by index
+    perm = torch.argsort(seg.double() + keys.to(device).double(), dim=1, stable=True)
+    seg_s = seg.gather(1, perm)
+    col = torch.arange(n, device=device).expand(n, n)
+    starts = torch.ones_like(seg_s, dtype=torch.bool)
+    starts[:, 1:] = seg_s[:, 1:] != seg_s[:, :-1]
+    start = torch.cummax(torch.where(starts, col, torch.zeros_like(col)), dim=1).values
+    rank = col - start  # rank of the candidate within its run
+    # the run before a positive run is its image's negatives iff its segment is one lower
+    before = (start - 1).clamp(min=0)
+    prev_seg = seg_s.gather(1, before)
+    has_neg = (start > 0) & (prev_seg == seg_s - 1)
+    n_neg = torch.where(has_neg, rank.gather(1, before) + 1, torch.zeros_like(rank))
+    is_pos = (seg_s < 2 * n) & (seg_s % 2 == 1)
+    valid = is_pos & (rank < n_neg)
+    partner = (col - n_neg).clamp(min=0)
+    return perm, perm.gather(1, partner), valid
 
 
 def pdml_triples(
@@ -125,50 +229,16 @@ def pdml_triples(
     generator: torch.Generator | None = None,
     groups: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Algorithm 1's triples, vectorised: three [T] long tensors (anchor, positive, negative).
+    """Algorithm 1's triples as three [T] long tensors (anchor, positive, negative).
 
-    See the module docstring for the pairing rule and the random order. Cost O(N^2 log N)
-    time and O(N^2) memory, fine for the few hundred points of a batch.
+    The compact list of :func:`pdml_triple_slots` (same keys from ``generator``): it reads T, a
+    host sync, so it is for tests and inspection; the loss uses the slots.
     """
     _check_points(labels, image_ids, groups)
-    device = labels.device
-    n = labels.shape[0]
-    empty = torch.zeros(0, dtype=torch.long, device=device)
-    keys = _pairing_keys(n, generator, device)  # drawn even when n == 0..1 to keep RNG use uniform
-    if n < 2:
-        return empty, empty, empty
-    labels = labels.long()
-    ok = (labels >= 0) & (labels != IGNORE_INDEX)
-    img = _dense_ids(image_ids)
-    cand = ok[:, None] & ok[None, :] & (img[:, None] != img[None, :])
-    if groups is not None:
-        cand &= groups[:, None] == groups[None, :]
-    same = labels[:, None] == labels[None, :]
-    pos = cand & same
-    neg = cand & ~same
-    num_images = int(img.max()) + 1
-    # segment of (i, j): j's image and polarity; non-candidates go to a trailing dummy segment
-    seg = torch.where(cand, img[None, :] * 2 + pos.long(), 2 * num_images)
-    # one sort by (segment, key, index): keys lie in [0, 1), so segment + key orders by segment
-    # first; float64 holds a float32 key plus an integer < 2^29 exactly; stable = ties by index
-    perm = torch.argsort(seg.double() + keys.double(), dim=1, stable=True)
-    seg_sorted = seg.gather(1, perm)
-    col = torch.arange(n, device=device).expand(n, n)
-    starts = torch.ones_like(seg_sorted, dtype=torch.bool)
-    starts[:, 1:] = seg_sorted[:, 1:] != seg_sorted[:, :-1]
-    start_col = torch.cummax(torch.where(starts, col, torch.zeros_like(col)), dim=1).values
-    rank = torch.empty_like(seg).scatter_(1, perm, col - start_col)  # rank of j within its segment
-    k_max = int(torch.bincount(img).max())
-    # table[(i, m, k)] = the k-th positive (resp. negative) of anchor i in image m
-    size = n * num_images * k_max
-    pos_tab = torch.full((size,), -1, dtype=torch.long, device=device)
-    neg_tab = torch.full((size,), -1, dtype=torch.long, device=device)
-    for mask, tab in ((pos, pos_tab), (neg, neg_tab)):
-        i_idx, j_idx = mask.nonzero(as_tuple=True)
-        tab[(i_idx * num_images + img[j_idx]) * k_max + rank[i_idx, j_idx]] = j_idx
-    slot = ((pos_tab >= 0) & (neg_tab >= 0)).nonzero(as_tuple=True)[0]
-    anchor = torch.div(slot, num_images * k_max, rounding_mode="floor")
-    return anchor, pos_tab[slot], neg_tab[slot]
+    keys = pairing_keys(labels.shape[0], generator, labels.device)
+    pos, neg, valid = pdml_triple_slots(labels, image_ids, keys, groups)
+    anchor, c = valid.nonzero(as_tuple=True)
+    return anchor, pos[anchor, c], neg[anchor, c]
 
 
 def _pairwise_distance(x: torch.Tensor) -> torch.Tensor:
@@ -201,17 +271,28 @@ def _check_weights(alpha: float, beta: float, margin: float) -> None:
             raise ConfigError(f"PDML {name} must be a number >= 0, got {v!r}")
 
 
-def _stats(d_ap: torch.Tensor, d_an: torch.Tensor, hinge: torch.Tensor) -> PDMLStats:
-    t = d_ap.shape[0]
-    if t == 0:
-        return PDMLStats(0, float("nan"), float("nan"), float("nan"), torch.zeros(0), torch.zeros(0))
-    mean_pos, mean_neg, active = torch.stack([d_ap.mean(), d_an.mean(), (hinge > 0).float().mean()]).detach().cpu().tolist()
-    pos = d_ap.detach().float().cpu()
-    neg = d_an.detach().float().cpu()
-    if t > MAX_DISTANCE_SAMPLES:
-        keep = torch.randperm(t, generator=torch.Generator().manual_seed(_SUBSAMPLE_SEED))[:MAX_DISTANCE_SAMPLES]
-        pos, neg = pos[keep], neg[keep]
-    return PDMLStats(t, mean_pos, mean_neg, active, pos, neg)
+# a fixed pseudo-random priority per slot (Knuth's multiplicative hash, a bijection mod 2^32):
+# which triples the distance subsample keeps, without a generator inside the traced loss
+_HASH_MULT = 2654435761
+
+
+def _stats(d_ap: torch.Tensor, d_an: torch.Tensor, hinge: torch.Tensor, valid: torch.Tensor) -> PDMLStats:
+    """:class:`PDMLStats` of the slots ``valid`` of [N, N] distance/hinge tables (no host sync)."""
+    v = valid.reshape(-1)
+    ap, an = d_ap.detach().reshape(-1), d_an.detach().reshape(-1)
+    zero = torch.zeros((), dtype=ap.dtype, device=ap.device)
+    size = min(MAX_DISTANCE_SAMPLES, v.numel())
+    # valid slots first (priority >= 2^32), then by the hash: all of them when T <= size
+    prio = (torch.arange(v.numel(), device=v.device) * _HASH_MULT) % (1 << 32) + v.long() * (1 << 32)
+    keep = torch.topk(prio, size, sorted=True).indices
+    return PDMLStats(
+        count=v.sum(),
+        pos_sum=torch.where(v, ap, zero).sum(),
+        neg_sum=torch.where(v, an, zero).sum(),
+        active_count=(v & (hinge.detach().reshape(-1) > 0)).sum(),
+        samples=torch.stack([ap[keep], an[keep]]).float(),
+        sample_mask=v[keep],
+    )
 
 
 def pdml_loss(
@@ -224,8 +305,9 @@ def pdml_loss(
     generator: torch.Generator | None = None,
     groups: torch.Tensor | None = None,
     variant: str = "paper",
+    keys: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, PDMLStats]:
-    """PDML loss (Eq. 3-5) over Algorithm 1's cross-image triples, fully vectorised.
+    """PDML loss (Eq. 3-5) over Algorithm 1's cross-image triples, vectorised and sync-free.
 
     Args:
         embeddings: [N, D] point embeddings (computed in float32, or float64 if given float64;
@@ -235,14 +317,16 @@ def pdml_loss(
             of the same image never pair.
         alpha, beta, margin: Eq. 3 and 5 (paper: 0.8, 1, 20).
         generator: seeds the random pairing order (see module docstring); ``None`` uses the
-            global RNG of the embeddings' device.
+            global RNG of the embeddings' device. Ignored when ``keys`` are given.
         groups: optional [N] subgroup ids (the paper's ``s``): points pair only within a group.
         variant: one of :data:`PDML_VARIANTS` (module docstring); ``margin`` is in its units.
+        keys: optional [N, N] pairing keys from :func:`pairing_keys` (drawn outside, so this
+            function traces whole under ``torch.compile``).
 
     Returns:
         ``(loss, stats)``: 0-d mean of ``L_t`` over all triples (a zero connected to
-        ``embeddings`` when there are none), and :class:`PDMLStats`. The stats' distances are
-        the raw feature distances for every variant (what Figure 4 plots), not the rescaled ones.
+        ``embeddings`` when there are none), and :class:`PDMLStats` (device tensors). The stats'
+        distances are the raw feature distances for every variant (what Figure 4 plots).
     """
     _check_weights(alpha, beta, margin)
     if variant not in PDML_VARIANTS:
@@ -250,15 +334,15 @@ def pdml_loss(
     if embeddings.dim() != 2:
         raise ValueError(f"pdml_loss expects embeddings [N, D]; got {tuple(embeddings.shape)}")
     _check_points(labels, image_ids, groups, embeddings.shape[0])
-    labels = labels.to(embeddings.device)
-    image_ids = image_ids.to(embeddings.device)
-    groups = None if groups is None else groups.to(embeddings.device)
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
+    device = embeddings.device
+    labels = labels.to(device)
+    image_ids = image_ids.to(device)
+    groups = None if groups is None else groups.to(device)
+    if keys is None:
+        keys = pairing_keys(labels.shape[0], generator, device)
+    with torch.autocast(device_type=device.type, enabled=False):
         x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-        anchor, pos, neg = pdml_triples(labels, image_ids, generator=generator, groups=groups)
-        if anchor.numel() == 0:
-            zero = x.sum() * 0.0
-            return zero, _stats(zero.new_zeros(0), zero.new_zeros(0), zero.new_zeros(0))
+        pos, neg, valid = pdml_triple_slots(labels, image_ids, keys, groups)
         raw = _pairwise_distance(x)
         if variant == "normalized":
             dist = _pairwise_distance(F.normalize(x, dim=1))
@@ -268,58 +352,13 @@ def pdml_loss(
             dist = raw / _mean_pair_distance(raw, labels).detach().clamp_min(_DIST_EPS)
         else:
             dist = raw
-        d_ap = dist[anchor, pos]
-        d_an = dist[anchor, neg]
+        d_ap = dist.gather(1, pos)
+        d_an = dist.gather(1, neg)
         hinge = torch.relu(d_ap - d_an + margin)
-        loss = (alpha * d_ap + beta * hinge).mean()
-    return loss, _stats(raw[anchor, pos], raw[anchor, neg], hinge)
-
-
-def pdml_loss_reference(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    image_ids: torch.Tensor,
-    alpha: float = 0.8,
-    beta: float = 1.0,
-    margin: float = 20.0,
-    generator: torch.Generator | None = None,
-    groups: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
-    """Algorithm 1 as literal Python loops: the slow reference for tests and benchmarks only.
-
-    Same arguments and pairing order as :func:`pdml_loss` (it draws the same key matrix from
-    ``generator``); distances are plain ``torch.linalg.vector_norm(a - b)``. Returns the loss
-    and the list of ``(anchor, positive, negative)`` index triples in loop order.
-    """
-    _check_points(labels, image_ids, groups, embeddings.shape[0])
-    n = labels.shape[0]
-    keys = _pairing_keys(n, generator, embeddings.device).cpu().tolist()
-    lab = [int(v) for v in labels.tolist()]
-    img = [int(v) for v in image_ids.tolist()]
-    grp = [0] * n if groups is None else [int(v) for v in groups.tolist()]
-    x = embeddings if embeddings.dtype == torch.float64 else embeddings.float()
-    losses, triples = [], []
-    for s in dict.fromkeys(grp):  # line 2: each subgroup s
-        images = list(dict.fromkeys(img[k] for k in range(n) if grp[k] == s))
-        for im_n in images:  # line 3
-            for im_m in images:  # line 4
-                if im_m == im_n:
-                    continue
-                e_n = [k for k in range(n) if img[k] == im_n and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
-                e_m = [k for k in range(n) if img[k] == im_m and grp[k] == s and lab[k] >= 0 and lab[k] != IGNORE_INDEX]
-                for i in e_n:  # line 6
-                    e_pos = [j for j in e_m if lab[j] == lab[i]]
-                    e_neg = [j for j in e_m if lab[j] != lab[i]]
-                    e_pos.sort(key=lambda j: (keys[i][j], j))  # line 16: random selection order
-                    e_neg.sort(key=lambda j: (keys[i][j], j))
-                    for p, q in zip(e_pos, e_neg):  # lines 15-19
-                        d_ap = torch.linalg.vector_norm(x[i] - x[p])
-                        d_an = torch.linalg.vector_norm(x[i] - x[q])
-                        losses.append(alpha * d_ap + beta * torch.clamp(d_ap - d_an + margin, min=0))
-                        triples.append((i, p, q))
-    if not losses:
-        return x.sum() * 0.0, triples
-    return torch.stack(losses).mean(), triples
+        # masked mean over the slots that are triples: a zero with grad when there are none
+        per = torch.where(valid, alpha * d_ap + beta * hinge, torch.zeros_like(d_ap))
+        loss = per.sum() / valid.sum().clamp(min=1)
+    return loss, _stats(raw.gather(1, pos), raw.gather(1, neg), hinge, valid)
 
 
 def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
@@ -329,77 +368,15 @@ def subgroups(image_ids: torch.Tensor, group_size: int | None) -> torch.Tensor:
         raise ConfigError(f"PDML group size must be an integer >= 0 (0 = whole batch), got {group_size!r}")
     if not group_size or image_ids.numel() == 0:
         return torch.zeros_like(image_ids, dtype=torch.long)
-    uniq, inv = torch.unique(image_ids, return_inverse=True)
-    pos = torch.arange(image_ids.numel(), device=image_ids.device)
-    first = torch.full((uniq.numel(),), image_ids.numel(), dtype=torch.long, device=image_ids.device)
-    first = first.scatter_reduce(0, inv, pos, reduce="amin")
-    order = torch.empty_like(first)
-    order[torch.argsort(first)] = torch.arange(uniq.numel(), device=image_ids.device)
-    return torch.div(order[inv], int(group_size), rounding_mode="floor")
+    # order of first appearance without unique (no host sync): a point's image is the k-th to
+    # appear when k first occurrences precede its image's first occurrence
+    first = _first_index(image_ids)
+    is_first = first == torch.arange(image_ids.numel(), device=image_ids.device)
+    order = torch.cumsum(is_first.long(), 0)[first] - 1
+    return torch.div(order, int(group_size), rounding_mode="floor")
 
 
-# --------------------------------------------------------------------------------------------
-# Cross-rank gathering
-# --------------------------------------------------------------------------------------------
-
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def gather_points(
-    embeddings: torch.Tensor,
-    labels: torch.Tensor,
-    image_ids: torch.Tensor,
-    groups: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """All-gather every rank's points (rank order), with gradient for ``embeddings``.
-
-    Ranks may hold different numbers of points (counts are gathered first, rows padded to the
-    maximum, gathered, then unpadded). ``image_ids`` are taken as local to each rank and made
-    globally distinct as ``rank * K + id`` (``K`` = 1 + the largest id on any rank; ids must be
-    >= 0), so two ranks' "image 0" are never mistaken for one image; ``groups`` are gathered
-    unchanged (compute :func:`subgroups` on the gathered ids instead). Without an initialised
-    process group of size > 1 the inputs are returned unchanged.
-
-    Scaling: use the global-mean :func:`pdml_loss` of the gathered set unscaled on every rank.
-    The all_gather backward sums the ``W`` ranks' gradients for each rank's rows (``W`` times
-    the single-process gradient) and DDP's averaging divides by ``W`` again.
-    """
-    if not _distributed():
-        return embeddings, labels, image_ids, groups
-    import torch.distributed.nn.functional as dist_fn  # loads the RPC machinery: DDP runs only
-
-    world = dist.get_world_size()
-    device = embeddings.device
-    count = torch.tensor([embeddings.shape[0]], dtype=torch.long, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    rows = max(max(counts), 1)
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        extra = rows - t.shape[0]
-        return torch.cat([t, t.new_zeros((extra,) + tuple(t.shape[1:]))]) if extra else t
-
-    def plain_gather(t: torch.Tensor) -> list[torch.Tensor]:
-        out = [torch.empty_like(pad(t)) for _ in range(world)]
-        dist.all_gather(out, pad(t).contiguous())
-        return out
-
-    with warnings.catch_warnings():
-        # deprecated in favour of a private API, but it is the public autograd-aware all_gather
-        warnings.simplefilter("ignore", FutureWarning)
-        emb_all = dist_fn.all_gather(pad(embeddings))
-    emb = torch.cat([e[:c] for e, c in zip(emb_all, counts)])
-    lab = torch.cat([t[:c] for t, c in zip(plain_gather(labels.to(device)), counts)])
-    ids_parts = [t[:c].long() for t, c in zip(plain_gather(image_ids.to(device)), counts)]
-    ids_all = torch.cat(ids_parts)
-    if ids_all.numel() and int(ids_all.min()) < 0:
-        raise ValueError("gather_points needs image_ids >= 0 to make them distinct across ranks")
-    k = int(ids_all.max()) + 1 if ids_all.numel() else 1
-    ids = torch.cat([t + r * k for r, t in enumerate(ids_parts)])
-    grp = None
-    if groups is not None:
-        grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])
-    return emb, lab, ids, grp
+# the literal loop (tests, benchmarks) and the cross-rank gather live beside this module; their
+# names stay importable from here
+from .pdml_gather import gather_points  # noqa: E402
+from .pdml_reference import pdml_loss_reference  # noqa: E402

@@ -16,9 +16,7 @@ Files written into the run folder:
 
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +31,17 @@ from .crf import CRFConfig, crf_inputs, gated_crf_loss
 from .curves import JsonlWriter, TensorBoardCurves, nan_to_none, rewrite_event_log, truncate_log
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError, DataError
-from .extension import (extend_at_pixels, extension_stats, extension_stats_at_pixels, finalize_extension_stats,
-                        merge_extension_stats, online_extension, square_pixels)
+from .extension import (STAT_KEYS, click_squares, extend_at_pixels, extension_stats, extension_stats_at_pixels,
+                        finalize_extension_stats, online_extension, square_pixels)
 from .io import atomic_file
 from .labelset import LabelSet, check_label_set_names
 from .losses import (CLASS_BALANCE, click_class_weights, label_set_cross_entropy, pixel_cross_entropy,
                      point_cross_entropy, sample_embeddings)
 from .model import IMAGENET_MEAN, IMAGENET_STD, build_model, upsample_logits
-from .pdml import gather_points, pdml_loss, subgroups
+from .pdml import gather_points, pairing_keys, pdml_loss, subgroups
 from .pool import loader_workers, start_loader
 from .runtime import Runtime, all_reduce_sum, autocast_dtype, setup_runtime
+from .step_stats import STEP_KEYS, EpochSums, StepOutput
 from .train_config import TrainConfig
 from .transforms import AugmentConfig, TrainSamples, collate
 
@@ -65,25 +64,10 @@ def poly_lr(base: float, epoch: int, max_epoch: int, power: float) -> float:
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class StepOutput:
-    loss: torch.Tensor
-    ce: float
-    pdml: float
-    crf: float = 0.0
-    label_ce: float = 0.0
-    triples: int = 0
-    mean_pos: float = float("nan")
-    mean_neg: float = float("nan")
-    active: float = float("nan")
-    pos_distances: torch.Tensor | None = None
-    neg_distances: torch.Tensor | None = None
-    extension: dict | None = None
-
-
 def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch: int,
                    generator: torch.Generator | None, amp_dtype: torch.dtype | None,
-                   channels_last: bool = False, class_weights: torch.Tensor | None = None) -> StepOutput:
+                   channels_last: bool = False, class_weights: torch.Tensor | None = None,
+                   pairing_keys_: torch.Tensor | None = None) -> StepOutput:
     """Forward pass and the training losses for one batch (already on the device).
 
     Point supervision: CE on the clicks (or on the online-extended labels, computed under
@@ -92,7 +76,12 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     embeddings sampled at the clicks, all-gathered across ranks, plus ``crf_weight`` × the Gated
     CRF loss, plus ``label_weight`` × the CE on a label set's labels (``batch["labels"]``, when
     the run has one: :func:`pointparse.losses.label_set_cross_entropy`). Full supervision:
-    pixel-mean CE on dense masks.
+    pixel-mean CE on dense masks (255 ignored).
+
+    No host sync on a single process (an accelerator's stream never waits for the CPU): fixed
+    shapes with masks throughout; the PDML pairing keys are drawn from ``generator`` on the CPU
+    and copied without blocking, or given as ``pairing_keys_`` [N, N]. Under DDP the points'
+    gather reads the ranks' counts.
     """
     images = batch["image"]
     if channels_last:
@@ -103,13 +92,15 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     if cfg.supervision == "full":
         logits = upsample_logits(out["logits"].float(), (H, W))
         dense = batch["dense"]
-        ce = F.cross_entropy(logits, dense, ignore_index=IGNORE_INDEX) if (dense != IGNORE_INDEX).any() \
-            else logits.sum() * 0.0
-        return StepOutput(ce, float(ce.detach()), 0.0)
+        # summed over the labelled pixels and divided by their count: 0 with grad when none, no sync
+        ce = F.cross_entropy(logits, dense, ignore_index=IGNORE_INDEX, reduction="sum") \
+            / (dense != IGNORE_INDEX).sum().clamp(min=1)
+        return StepOutput(ce, {"ce": ce.detach()})
 
     mode = cfg.extension  # computed (and logged) from epoch 0, trained on from extension_start_epoch
     active = mode != "none" and epoch >= cfg.extension_start_epoch
-    gt = batch["dense"] if (mode != "none" and (batch["dense"] != IGNORE_INDEX).any()) else None
+    # an all-255 ground truth gives the same zero counts as none: no need to ask the device which
+    gt = batch["dense"] if mode != "none" else None
     ext = None
     if mode == "score":
         # Eq. 6 alone can label any pixel of the image: the dense path
@@ -122,7 +113,11 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     else:
         # the other modes label pixels inside the click squares only, so the logits are sampled
         # there (bilinear, exactly the upsampled values) instead of upsampling whole images
-        pix = square_pixels(batch["points"], cfg.region if mode != "none" else 1)
+        region = cfg.region if mode != "none" else 1
+        if "points_xy" in batch:  # fixed slots from the click list: no host sync
+            pix = click_squares(batch["points"], region, batch["points_xy"], batch["batch_index"])
+        else:  # a hand-made batch with a click map only
+            pix = square_pixels(batch["points"], region)
         xy = torch.stack([pix["x"], pix["y"]], 1).float()
         pix_logits = sample_embeddings(out["logits"].float(), xy, pix["b"], (H, W))
         with torch.no_grad():
@@ -133,27 +128,26 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
         target = extended if active else pix["click"]
         ce = pixel_cross_entropy(pix_logits, target, pix["b"], images.shape[0], class_weights) \
             + 0.0 * out["logits"].sum()
-    loss = ce
-    res = StepOutput(loss, float(ce.detach()), 0.0, extension=ext)
+    res = StepOutput(ce, {"ce": ce.detach()}, extension=ext)
     if "labels" in batch:  # a label set beside the clicks: its own term, the clicks' CE unchanged
         lce = label_set_cross_entropy(out["logits"], batch["labels"])
         res.loss = res.loss + cfg.label_weight * lce
-        res.label_ce = float(lce.detach())
+        res.terms["label_ce"] = lce.detach()
     if cfg.crf_weight > 0:
         probs, rgb, gate = crf_inputs(out["logits"], batch["image"], batch["valid"], IMAGENET_MEAN, IMAGENET_STD)
         crf = gated_crf_loss(probs, rgb, gate, CRFConfig())
         res.loss = res.loss + cfg.crf_weight * crf
-        res.crf = float(crf.detach())
+        res.terms["crf"] = crf.detach()
     if cfg.pdml:
         emb = sample_embeddings(out["embeddings"].float(), batch["points_xy"], batch["batch_index"], (H, W))
         emb, lab, ids, _ = gather_points(emb, batch["points_cls"], batch["image_ids"])
         groups = subgroups(ids, cfg.pdml_group_size) if cfg.pdml_group_size else None
+        keys = pairing_keys_ if pairing_keys_ is not None else pairing_keys(lab.shape[0], generator, emb.device)
         lp, st = pdml_loss(emb, lab, ids, alpha=cfg.alpha, beta=cfg.beta, margin=cfg.pdml_margin,
-                           generator=generator, groups=groups, variant=cfg.pdml_variant)
+                           groups=groups, variant=cfg.pdml_variant, keys=keys)
         res.loss = res.loss + cfg.pdml_weight * lp
-        res.pdml = float(lp.detach())
-        res.triples, res.mean_pos, res.mean_neg, res.active = st.num_triples, st.mean_pos, st.mean_neg, st.active
-        res.pos_distances, res.neg_distances = st.pos_distances, st.neg_distances
+        res.terms["pdml"] = lp.detach()
+        res.pdml_stats = st
     return res
 
 
@@ -173,46 +167,40 @@ def freeze_batchnorm(module: torch.nn.Module, parameters: bool = False) -> None:
                 m.requires_grad_(False)
 
 
-def label_set_counts(batch: dict) -> torch.Tensor:
-    """int64 [4] on the batch's device: of the crops' label-set pixels that are not clicks, those
-    equal to the ground truth and those where it is known; ground-truth pixels carrying a label;
-    ground-truth pixels (``dense``, 255 = unknown). Summed per epoch into ``labels_accuracy`` and
-    ``labels_coverage`` (0 / 0 without dense masks)."""
-    lab, gt = batch["labels"], batch["dense"]
-    known, has = gt != IGNORE_INDEX, lab != IGNORE_INDEX
-    new = has & known & (batch["points"] == IGNORE_INDEX)
-    return torch.stack([(new & (lab == gt)).sum(), new.sum(), (has & known).sum(), known.sum()])
-
-
 def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: int, rt: Runtime,
                     amp_dtype, iter_log: JsonlWriter, progress: bool = True,
                     class_weights: torch.Tensor | None = None, curves: TensorBoardCurves | None = None) -> dict:
     """One pass over the loader; returns the epoch's averaged statistics (summed over ranks).
 
-    A non-finite loss raises :class:`TrainingDiverged` before the optimiser steps on it."""
+    The statistics stay on the device (:class:`EpochSums`) and are read once per
+    ``log_every`` steps and at the end. A non-finite loss raises :class:`TrainingDiverged` at
+    the first read after it (so within ``log_every`` steps, and always before the epoch's
+    checkpoint is written: the last good epoch's checkpoint stays)."""
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(unwrap(model).backbone)
-    sums = {"loss": 0.0, "ce": 0.0, "pdml": 0.0, "crf": 0.0, "label_ce": 0.0, "steps": 0.0, "images": 0.0,
-            "triples": 0.0, "pos_sum": 0.0, "neg_sum": 0.0, "active_sum": 0.0}
-    label_counts = None  # [4] on the device (a run with a label set): see label_set_counts
-    ext_counts = []
-    pos_samples, neg_samples = [], []
+    acc = EpochSums(rt.device, cfg.extension != "none")
     channels_last = cfg.channels_last and rt.device.type == "cuda"
     gen = torch.Generator(device="cpu")
+    log_every = max(cfg.log_every, 1)
     t0 = time.perf_counter()
     bar = tqdm(start_loader(loader), total=len(loader), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                disable=not (progress and rt.is_main), leave=False, dynamic_ncols=True)
+
+    def check(values: list[float], bad: int, it: int) -> None:
+        if bad >= 0:
+            raise TrainingDiverged(f"training diverged: the loss became non-finite at epoch {epoch + 1}, step "
+                                   f"{bad + 1} (read at step {it + 1}: loss {values[0]:.4g}, ce {values[1]:.4g}, "
+                                   f"pdml {values[2]:.4g}, crf {values[3]:.4g}); lower the learning rate "
+                                   f"({cfg.lr:g}) or the loss weights")
+
+    it = -1
+    vec = torch.zeros(len(STEP_KEYS), dtype=torch.float64, device=rt.device)
     for it, batch in enumerate(bar):
         # PDML pairing order seeded per (run seed, epoch, step): identical on all ranks and on resume
         gen.manual_seed(hash((cfg.seed, epoch, it)) & 0x7FFF_FFFF)
         batch = _to_device(batch, rt.device)
         res = compute_losses(model, batch, cfg, epoch, gen, amp_dtype, channels_last, class_weights)
-        loss_value = float(res.loss.detach())
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"training diverged: the loss became {loss_value} at epoch {epoch + 1}, "
-                                   f"step {it + 1} (ce {res.ce:.4g}, pdml {res.pdml:.4g}, crf {res.crf:.4g}); "
-                                   f"lower the learning rate ({cfg.lr:g}) or the loss weights")
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(res.loss).backward()
@@ -221,65 +209,61 @@ def train_one_epoch(model, optimizer, scaler, loader, cfg: TrainConfig, epoch: i
         else:
             res.loss.backward()
             optimizer.step()
-        n = batch["image"].shape[0]
-        sums["loss"] += loss_value; sums["ce"] += res.ce; sums["pdml"] += res.pdml; sums["crf"] += res.crf
-        if "labels" in batch:
-            sums["label_ce"] += res.label_ce
-            counts = label_set_counts(batch)
-            label_counts = counts if label_counts is None else label_counts + counts
-        sums["steps"] += 1; sums["images"] += n
-        if res.triples:
-            sums["triples"] += res.triples
-            sums["pos_sum"] += res.mean_pos * res.triples
-            sums["neg_sum"] += res.mean_neg * res.triples
-            sums["active_sum"] += res.active * res.triples
-            pos_samples.append(res.pos_distances); neg_samples.append(res.neg_distances)
-        if res.extension is not None:
-            ext_counts.append(res.extension)
+        vec = acc.add(it, res, batch)
+        if it % log_every:
+            continue
+        values, bad = acc.read(vec)  # the one host read of this logging interval
+        check(values, bad, it)
+        step = dict(zip(STEP_KEYS, values))
+        triples = int(step["triples"])
         elapsed = time.perf_counter() - t0
-        if rt.is_main and (it % max(cfg.log_every, 1) == 0):
-            row_i = nan_to_none({"epoch": epoch, "iter": it, "loss": loss_value, "ce": res.ce, "pdml": res.pdml,
-                                  "crf": res.crf, "triples": res.triples, "dis_pos": res.mean_pos,
-                                  "dis_neg": res.mean_neg, "lr": optimizer.param_groups[0]["lr"]})
+        if rt.is_main:
+            row_i = nan_to_none({"epoch": epoch, "iter": it, "loss": step["loss"], "ce": step["ce"],
+                                 "pdml": step["pdml"], "crf": step["crf"], "triples": triples,
+                                 "dis_pos": step["pos_sum"] / triples if triples else float("nan"),
+                                 "dis_neg": step["neg_sum"] / triples if triples else float("nan"),
+                                 "lr": optimizer.param_groups[0]["lr"]})
             if "labels" in batch:
-                row_i["label_ce"] = res.label_ce
+                row_i["label_ce"] = step["label_ce"]
             iter_log.write(row_i)
             if curves is not None:
                 curves.log_iteration(epoch * len(loader) + it, row_i)
-        bar.set_postfix(loss=f"{loss_value:.3f}", ce=f"{res.ce:.3f}", pdml=f"{res.pdml:.3f}",
-                        img_s=f"{sums['images'] * rt.world_size / max(elapsed, 1e-9):.1f}")
+        bar.set_postfix(loss=f"{step['loss']:.3f}", ce=f"{step['ce']:.3f}", pdml=f"{step['pdml']:.3f}",
+                        img_s=f"{acc.images * rt.world_size / max(elapsed, 1e-9):.1f}")
     bar.close()
+    values, bad = acc.read(vec)  # the last steps' samples and any late non-finite loss
+    check(values, bad, it)
     elapsed = time.perf_counter() - t0
-    keys = list(sums)
-    totals = dict(zip(keys, all_reduce_sum([sums[k] for k in keys], rt)))
+    sums = acc.sums.cpu().tolist() + [float(acc.steps), float(acc.images)]
+    keys = list(STEP_KEYS) + ["steps", "images"]
+    totals = dict(zip(keys, all_reduce_sum(sums, rt)))
     steps = max(totals["steps"], 1.0)
+    triples = totals["triples"]
     row = {
         "epoch": epoch,
         "loss": totals["loss"] / steps, "ce": totals["ce"] / steps, "pdml": totals["pdml"] / steps,
         "crf": totals["crf"] / steps,
-        "triples_per_step": totals["triples"] / steps,
-        "dis_pos": totals["pos_sum"] / totals["triples"] if totals["triples"] else None,
-        "dis_neg": totals["neg_sum"] / totals["triples"] if totals["triples"] else None,
-        "active_triples": totals["active_sum"] / totals["triples"] if totals["triples"] else None,
+        "triples_per_step": triples / steps,
+        "dis_pos": totals["pos_sum"] / triples if triples else None,
+        "dis_neg": totals["neg_sum"] / triples if triples else None,
+        "active_triples": totals["active_sum"] / triples if triples else None,
         "lr": optimizer.param_groups[0]["lr"], "lr_head": optimizer.param_groups[-1]["lr"],
         "time_s": elapsed, "images_per_s": totals["images"] / max(elapsed, 1e-9),
     }
-    if label_counts is not None:  # every rank of a run with a label set has one
-        correct, new, covered, known = all_reduce_sum([float(v) for v in label_counts.cpu()], rt)
+    if acc.label_counts is not None:  # every rank of a run with a label set has one
+        correct, new, covered, known = all_reduce_sum([float(v) for v in acc.label_counts.cpu()], rt)
         row["label_ce"] = totals["label_ce"] / steps
         row["labels_accuracy"] = correct / new if new else None
         row["labels_coverage"] = covered / known if known else None
-    if cfg.extension != "none":
-        counts = merge_extension_stats(*ext_counts) if ext_counts else merge_extension_stats()
-        keys = sorted(counts)
-        counts = dict(zip(keys, [int(v) for v in all_reduce_sum([float(counts[k]) for k in keys], rt)]))
+    if acc.ext is not None:
+        counts = dict(zip(STAT_KEYS, [int(v) for v in all_reduce_sum([float(v) for v in acc.ext.cpu()], rt)]))
         fin = finalize_extension_stats(counts)
         row["extension_active"] = epoch >= cfg.extension_start_epoch
         row["ext_pixels_per_image"] = fin["new_pixels_per_image"]
         row["ext_accuracy"] = fin["accuracy"]
         row["ext_coverage"] = fin["coverage"]
-    samples = (torch.cat(pos_samples).numpy() if pos_samples else np.zeros(0, np.float32),
-               torch.cat(neg_samples).numpy() if neg_samples else np.zeros(0, np.float32))
+    samples = (np.concatenate(acc.pos).astype(np.float32) if acc.pos else np.zeros(0, np.float32),
+               np.concatenate(acc.neg).astype(np.float32) if acc.neg else np.zeros(0, np.float32))
     return row, samples
 
 

@@ -4,7 +4,8 @@ Online (during training, from the network's current scores; the names below are 
 from there, so ``from pointparse.extension import online_extension`` keeps working):
 
 * ``online``: Eq. 6-7 (``score``, ``region``, ``score+region``, ``agree``) and the Table 5
-  counts (:func:`extension_stats`).
+  counts (:func:`extension_stats`); ``squares``: the same evaluated at the click squares only
+  (the training fast path, fixed shapes, no host sync).
 
 Offline (computed once, before training) and their comparison, the paper's Table 5:
 
@@ -20,10 +21,10 @@ The cached stage that runs all of it is :mod:`pointparse.stages.ablate_extension
 imports only ``online`` here, so the trainer does not load the ablation's modules.
 """
 
-from .online import (EXTENSION_MODES, LOCAL_MODES, STAT_KEYS, ExtensionFn, extend_at_pixels, extension_stats,
-                     extension_stats_at_pixels, finalize_extension_stats, merge_extension_stats, online_extension,
-                     square_pixels)
+from .online import (EXTENSION_MODES, LOCAL_MODES, STAT_KEYS, ExtensionFn, extension_stats, finalize_extension_stats,
+                     merge_extension_stats, online_extension)
+from .squares import click_squares, extend_at_pixels, extension_stats_at_pixels, square_pixels
 
-__all__ = ["EXTENSION_MODES", "LOCAL_MODES", "STAT_KEYS", "ExtensionFn", "extend_at_pixels", "extension_stats",
-           "extension_stats_at_pixels", "finalize_extension_stats", "merge_extension_stats", "online_extension",
-           "square_pixels"]
+__all__ = ["EXTENSION_MODES", "LOCAL_MODES", "STAT_KEYS", "ExtensionFn", "click_squares", "extend_at_pixels",
+           "extension_stats", "extension_stats_at_pixels", "finalize_extension_stats", "merge_extension_stats",
+           "online_extension", "square_pixels"]

@@ -57,8 +57,12 @@ def _clicked_classes(point_labels: torch.Tensor, num_classes: int) -> torch.Tens
     b = point_labels.shape[0]
     flat = point_labels.reshape(b, -1).long()
     clicked = flat != IGNORE_INDEX
-    if bool((((flat < 0) | (flat >= num_classes)) & clicked).any()):
-        raise ValueError(f"point labels must be class ids 0..{num_classes - 1} or {IGNORE_INDEX}")
+    bad = (((flat < 0) | (flat >= num_classes)) & clicked).any()
+    if flat.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad):  # reading a CPU tensor costs no GPU stall
+            raise ValueError(f"point labels must be class ids 0..{num_classes - 1} or {IGNORE_INDEX}")
+    else:  # checked on the device: an error surfaces at the next sync instead of stalling here
+        torch._assert_async(~bad, f"point labels must be class ids 0..{num_classes - 1} or {IGNORE_INDEX}")
     idx = torch.where(clicked, flat, num_classes)  # unclicked pixels vote for a dummy column
     present = torch.zeros(b, num_classes + 1, dtype=torch.bool, device=flat.device)
     present.scatter_(1, idx, True)
@@ -201,7 +205,7 @@ def extension_stats(extended: torch.Tensor, point_labels: torch.Tensor, ground_t
     labelled = extended != IGNORE_INDEX
     new = labelled & ~clicked
     out = {
-        "images": torch.tensor(extended.shape[0], dtype=torch.long, device=extended.device),
+        "images": torch.full((), extended.shape[0], dtype=torch.long, device=extended.device),  # no copy
         "clicks": clicked.sum(),
         "new_pixels": new.sum(),
     }
@@ -244,92 +248,3 @@ def finalize_extension_stats(counts: dict) -> dict[str, float | int | None]:
         "accuracy": ratio(c["correct"], c["evaluated"]),
         "coverage": ratio(c["covered"], c["gt_pixels"]),
     }
-
-
-# --------------------------------------------------------------------------------------------
-# The same extension evaluated only where it can label anything (the training fast path)
-# --------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def square_pixels(point_labels: torch.Tensor, region: int) -> dict[str, torch.Tensor]:
-    """The pixels inside any click's ``region``² square, each once, with what ``region`` mode gives them.
-
-    ``none``, ``region`` and ``score+region`` can only label pixels inside these squares, so
-    training evaluates the network there instead of on the whole upsampled image. Returns a dict
-    of [M] tensors: ``b``, ``y``, ``x`` (pixel position), ``click`` (the click label at that
-    pixel, 255 if none) and ``nearest`` (the class of the nearest click whose square covers it,
-    with the same tie-break as :func:`online_extension`'s ``region`` mode).
-    """
-    lab = point_labels.long()
-    B, H, W = lab.shape
-    cb, cy, cx = (lab != IGNORE_INDEX).nonzero(as_tuple=True)
-    ccls = lab[cb, cy, cx]
-    r = int(region) // 2
-    side = 2 * r + 1
-    off = torch.arange(-r, r + 1, device=lab.device)
-    oy, ox = torch.meshgrid(off, off, indexing="ij")
-    oy, ox = oy.reshape(-1), ox.reshape(-1)
-    py, px = cy[:, None] + oy[None], cx[:, None] + ox[None]
-    valid = (py >= 0) & (py < H) & (px >= 0) & (px < W)
-    lin = ((cb[:, None] * H + py) * W + px)[valid]
-    # nearest click first; then the click above, then the one to the left (offset pixel -> click)
-    key = ((oy * oy + ox * ox) * side * side + (r - oy) * side + (r - ox))[None].expand_as(py)[valid]
-    cls = ccls[:, None].expand_as(py)[valid]
-    uniq, inv = torch.unique(lin, return_inverse=True)
-    best = torch.full((uniq.numel(),), torch.iinfo(torch.long).max, dtype=torch.long, device=lab.device)
-    best.scatter_reduce_(0, inv, key, reduce="amin")
-    nearest = torch.full_like(best, IGNORE_INDEX)
-    win = key == best[inv]
-    nearest[inv[win]] = cls[win]
-    b = uniq // (H * W)
-    y = (uniq % (H * W)) // W
-    x = uniq % W
-    return {"b": b, "y": y, "x": x, "click": lab[b, y, x], "nearest": nearest}
-
-
-@torch.no_grad()
-def extend_at_pixels(pix: dict[str, torch.Tensor], probs: torch.Tensor | None, point_labels: torch.Tensor,
-                     threshold: float = 0.7, mode: str = "score+region") -> torch.Tensor:
-    """Labels [M] that :func:`online_extension` gives the pixels of :func:`square_pixels`.
-
-    ``probs`` [M, C] are the softmax probabilities at those pixels (needed for ``score+region``
-    and ``agree``). Only :data:`LOCAL_MODES` are local to the squares; ``score`` needs the whole
-    image and is refused here.
-    """
-    if mode == "none":
-        return pix["click"].clone()
-    if mode == "region":
-        return torch.where(pix["click"] != IGNORE_INDEX, pix["click"], pix["nearest"])
-    if mode not in LOCAL_MODES:
-        raise ConfigError(f"extension mode {mode!r} is not local to the click squares")
-    conf, cls = probs.max(dim=1)
-    present = _clicked_classes(point_labels, probs.shape[1])
-    ok = (conf > threshold) & present[pix["b"], cls]
-    if mode == "agree":
-        ok &= cls == pix["nearest"]
-    lab = torch.where(ok, cls, IGNORE_INDEX)
-    return torch.where(pix["click"] != IGNORE_INDEX, pix["click"], lab)
-
-
-@torch.no_grad()
-def extension_stats_at_pixels(pix: dict[str, torch.Tensor], labels: torch.Tensor, batch_size: int,
-                              ground_truth: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """:func:`extension_stats` for labels known only at :func:`square_pixels` (same counts)."""
-    dev = labels.device
-    clicked = pix["click"] != IGNORE_INDEX
-    labelled = labels != IGNORE_INDEX
-    new = labelled & ~clicked
-    zero = torch.zeros((), dtype=torch.long, device=dev)
-    out = {"images": torch.tensor(batch_size, dtype=torch.long, device=dev), "clicks": clicked.sum(),
-           "new_pixels": new.sum()}
-    if ground_truth is None:
-        out.update(evaluated=zero, correct=zero.clone(), gt_pixels=zero.clone(), covered=zero.clone())
-        return out
-    gt = ground_truth.long()
-    g = gt[pix["b"], pix["y"], pix["x"]]
-    ok = g != IGNORE_INDEX
-    evaluated = new & ok
-    out.update(evaluated=evaluated.sum(), correct=(evaluated & (labels == g)).sum(),
-               gt_pixels=(gt != IGNORE_INDEX).sum(), covered=(labelled & ok).sum())
-    return out
