@@ -412,6 +412,8 @@ def stale_reason(folder: Path) -> str | None:
     if not isinstance(outputs, dict):
         return None
     for rel, rec in outputs.items():
+        if not isinstance(rec, dict):
+            return f"its manifest.json records {rel!r} as {rec!r}, not as a file"
         try:
             size = (folder / rel).stat().st_size
         except OSError:
