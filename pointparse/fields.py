@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from typing import Any, Literal, Union
@@ -71,7 +72,7 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
             return value.strip().lower() in _TRUE
         raise ConfigError(f"{name} must be true or false, got {value!r}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy ints too, unchanged
             return value
         if isinstance(value, float) and math.isfinite(value) and value.is_integer():
             return int(value)
@@ -82,7 +83,7 @@ def coerce(name: str, tp: Any, value: Any) -> Any:
                 pass
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
             return value
         if isinstance(value, str):
             try:
@@ -112,9 +113,9 @@ def check_bounds(name: str, value: Any, meta: dict, is_float: bool = False) -> N
         if not isinstance(value, str) or value not in meta["choices"]:
             raise unknown_choice(name, str(value), meta["choices"])
         return
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         return
-    ok = (not isinstance(value, float) or math.isfinite(value)) \
+    ok = math.isfinite(value) \
         and ("ge" not in meta or value >= meta["ge"]) and ("gt" not in meta or value > meta["gt"]) \
         and ("le" not in meta or value <= meta["le"]) and ("lt" not in meta or value < meta["lt"]) \
         and (not meta.get("odd") or value % 2 == 1)
