@@ -59,6 +59,14 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+class _KeyProblem(Exception):
+    """A mapping key no pipeline can mean (raised while parsing; ``load_pipeline`` adds the file)."""
+
+    def __init__(self, line: int, problem: str):
+        super().__init__(problem)
+        self.line, self.problem = line, problem
+
+
 def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     d = _LineDict()
@@ -70,11 +78,10 @@ def _construct_mapping(loader, node):
         # a list or mapping as a key (``? [a, b]``) cannot be a name; a repeated key would
         # silently replace the first (two stages of one name: the last won)
         if not isinstance(k, (str, int, float, bool)) and k is not None:
-            raise yaml.constructor.ConstructorError(None, None, f"line {line}: a key must be a name, got {k!r}",
-                                                    k_node.start_mark)
+            raise _KeyProblem(line, f"a key must be a name, got {k!r}")
         if k in d.key_lines:
-            raise yaml.constructor.ConstructorError(None, None, f"line {line}: duplicate key {k!r} (first on line "
-                                                                f"{d.key_lines[k]})", k_node.start_mark)
+            raise _KeyProblem(line, f"duplicate key {k!r} (first on line {d.key_lines[k]}): the second would "
+                                    "silently replace the first")
         d[k] = loader.construct_object(v_node, deep=True)
         d.key_lines[k] = line
     return d
@@ -142,6 +149,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except _KeyProblem as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.problem}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(doc, dict):
