@@ -47,9 +47,10 @@ def import_clicks_cmd(file, fmt, kind, root, split, options, class_map, cache_di
 @click.option("--format", "fmt", required=True, type=click.Choice(sorted(CLICK_FORMATS)), help=_FORMAT_HELP)
 @click.option("--out", "out_path", required=True, type=click.Path(path_type=Path),
               help="Output file (a folder for sparse-png).")
+@click.option("--force", is_flag=True, help="Replace an existing output file.")
 @cache_option
 @friendly
-def export_points_cmd(ref, fmt, out_path, cache_dir):
+def export_points_cmd(ref, fmt, out_path, force, cache_dir):
     """Export the clicks of REF (a points artefact folder or cache key) to an annotation format."""
     p = Path(ref)
     # a points.json, or a folder holding one, needs no manifest (e.g. a copied artefact)
@@ -57,5 +58,5 @@ def export_points_cmd(ref, fmt, out_path, cache_dir):
     folder = p if p.is_file() or (p / "points.json").is_file() else cache.find(ref)
     if folder.is_dir() and not (folder / "points.json").is_file():
         raise DataError(folder, "not a points artefact (no points.json): pass a make-points or import-clicks artefact")
-    export_points(folder, fmt, out_path, cache_root=cache.root)
+    export_points(folder, fmt, out_path, cache_root=cache.root, force=force)
     click.echo(f"export-points: wrote {fmt} to {out_path}")

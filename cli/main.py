@@ -214,15 +214,17 @@ def run_cmd(pipeline, overrides, dry_run, only, cache_dir, force, quiet):
     PIPELINE is a YAML file, or the name of a shipped pipeline (quickstart, selftrain-quick,
     labelmefacade-cpu, pascal-context, ade20k). Killing a run and starting it again continues where it stopped.
     """
-    from pointparse.pipeline import RunContext, load_pipeline, plan, run_pipeline, shipped_pipeline
+    from pointparse.pipeline import RunContext, load_pipeline, plan, run_pipeline, select, shipped_pipeline
 
     t0 = time.perf_counter()
     pipe = load_pipeline(shipped_pipeline(pipeline), list(overrides))
     ctx = RunContext(cache=StageCache(cache_dir), datasets=pipe.datasets, progress=not quiet, force=force,
                      echo=click.echo)
     if dry_run:
+        needed = select(pipe, list(only))  # an unknown --only name fails here too
         for name, status, key in plan(pipe, ctx):
-            click.echo(f"{name:40s} {status:10s} {key[:12] if key else '-'}")
+            if name in needed:
+                click.echo(f"{name:40s} {status:10s} {key[:12] if key else '-'}")
         return
     results = run_pipeline(pipe, ctx, list(only) or None)
     click.echo(f"pipeline {pipe.name}: {len(results)} stage(s) in {time.perf_counter() - t0:.1f}s")

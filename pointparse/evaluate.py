@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import ConfigError
+from .fields import bounded, check_fields
 from .io import atomic_file, write_json
 from .metrics import SegMetrics
 from .model import upsample_logits
@@ -30,6 +31,8 @@ from .transforms import EvalSamples, normalise
 
 #: samples a decoding thread keeps ready ahead of inference
 PREFETCH = 2
+#: sliding-window sizes: below MIN a forward pass per few pixels, above MAX an allocator error
+MIN_WINDOW, MAX_WINDOW = 16, 4096
 
 
 class ConfusionMatrix:
@@ -99,16 +102,23 @@ class EvalConfig:
     """
 
     flip: bool = False
-    window: int = 0
-    window_stride: int = 0
-    amp: str = "auto"
+    window: int = bounded(0, ge=0, le=MAX_WINDOW)
+    window_stride: int = bounded(0, ge=0)
+    amp: str = bounded("auto", choices=("auto", "off", "bf16", "fp16"))
     channels_last: bool = True
     workers: int | None = None
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.workers is not None and int(self.workers) < 0:
+        check_fields(self)  # types and bounds (pointparse.fields), as for every option
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"evaluation workers must be >= 0 or None (auto), got {self.workers!r}")
+        if 0 < self.window < MIN_WINDOW:
+            raise ConfigError(f"window must be 0 (whole image) or in [{MIN_WINDOW}, {MAX_WINDOW}], got {self.window}: "
+                              f"a smaller window runs the network once per few pixels")
+        if self.window and self.window_stride > self.window:
+            raise ConfigError(f"window_stride {self.window_stride} is larger than window {self.window}: "
+                              "pixels between the windows would get no prediction")
 
 
 def _forward(model, x: torch.Tensor, amp_dtype) -> torch.Tensor:

@@ -106,11 +106,13 @@ def stale_reason(folder: Path) -> str | None:
 
 def _compare(folder: Path, outputs: dict) -> str | None:
     for rel, rec in outputs.items():
+        if not isinstance(rec, dict):
+            return f"its manifest.json records {rel!r} as {rec!r}, not as a file"
         try:
             size = (folder / rel).stat().st_size
         except OSError:
             return f"{rel} is missing"
-        if not isinstance(rec, dict) or size != rec.get("size"):
+        if size != rec.get("size"):
             return f"{rel} has changed"
     for rel, rec in outputs.items():  # sizes first: a cheap answer for most edits
         if "sha256" in rec:

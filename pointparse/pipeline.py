@@ -39,6 +39,7 @@ import yaml
 from .cache import StageResult
 from .dataspec import DatasetSpec
 from .errors import ConfigError, PointParseError
+from .fields import coerce_params
 from .stages.base import KeyUnknown, PipelineEntry, RunContext, Upstream
 from .stages.registry import STAGE_KINDS
 
@@ -58,6 +59,14 @@ class _LineLoader(yaml.SafeLoader):
     pass
 
 
+class _KeyProblem(Exception):
+    """A mapping key no pipeline can mean (raised while parsing; ``load_pipeline`` adds the file)."""
+
+    def __init__(self, line: int, problem: str):
+        super().__init__(problem)
+        self.line, self.problem = line, problem
+
+
 def _construct_mapping(loader, node):
     loader.flatten_mapping(node)
     d = _LineDict()
@@ -65,8 +74,16 @@ def _construct_mapping(loader, node):
     d.key_lines = {}
     for k_node, v_node in node.value:
         k = loader.construct_object(k_node, deep=True)
+        line = k_node.start_mark.line + 1
+        # a list or mapping as a key (``? [a, b]``) cannot be a name; a repeated key would
+        # silently replace the first (two stages of one name: the last won)
+        if not isinstance(k, (str, int, float, bool)) and k is not None:
+            raise _KeyProblem(line, f"a key must be a name, got {k!r}")
+        if k in d.key_lines:
+            raise _KeyProblem(line, f"duplicate key {k!r} (first on line {d.key_lines[k]}): the second would "
+                                    "silently replace the first")
         d[k] = loader.construct_object(v_node, deep=True)
-        d.key_lines[k] = k_node.start_mark.line + 1
+        d.key_lines[k] = line
     return d
 
 
@@ -132,6 +149,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except _KeyProblem as exc:
+        raise ConfigError(f"{path}:{exc.line}: {exc.problem}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
     if not isinstance(doc, dict):
@@ -224,7 +243,8 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
                         err(where, f"stage {name!r}: unknown parameter {p!r} for {kind}; valid: {', '.join(sorted(valid))}")
                         break
                 else:
-                    try:
+                    try:  # the same field checks as options and --set (pointparse.fields), values kept
+                        params = coerce_params(sk.params_type, params)
                         sk.params_type(**params)
                     except PointParseError as exc:
                         err(line, f"stage {sname!r}: {exc}")
@@ -240,6 +260,9 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for r in sk.refs:
             v = st.spec.get(r)
             if v is None:
+                continue
+            if r in sk.mapping_refs and not isinstance(v, dict):
+                err(_line(st.spec, r), f"stage {st.name!r}: {r} must be a mapping (row name: stage), got {v!r}")
                 continue
             targets = list(v.values()) if isinstance(v, dict) else (v if isinstance(v, list) else [v])
             for t in targets:
@@ -360,20 +383,27 @@ def plan(pipe: Pipeline, ctx: RunContext) -> list[tuple[str, str, str | None]]:
     return rows
 
 
+def select(pipe: Pipeline, only: list[str] | None = None) -> set[str]:
+    """The stages ``only`` these need (all without ``only``); an unknown name is an error, for a
+    dry run as for a run."""
+    if not only:
+        return set(pipe.order)
+    unknown = [o for o in only if not _expand(o, {n: None for n in pipe.order})]
+    if unknown:
+        raise ConfigError(f"--only: unknown stage(s) {unknown}; stages: {', '.join(pipe.order)}")
+    needed: set[str] = set()
+    stack = [n for o in only for n in _expand(o, {n: None for n in pipe.order})]
+    while stack:
+        n = stack.pop()
+        if n not in needed:
+            needed.add(n)
+            stack += pipe.stages[n].deps
+    return needed
+
+
 def run_pipeline(pipe: Pipeline, ctx: RunContext, only: list[str] | None = None) -> dict[str, StageResult]:
     """Run every stage (or ``only`` these and what they need) in dependency order."""
-    needed = set(pipe.order)
-    if only:
-        unknown = [o for o in only if not _expand(o, {n: None for n in pipe.order})]
-        if unknown:
-            raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(pipe.order)}")
-        needed = set()
-        stack = [n for o in only for n in _expand(o, {n: None for n in pipe.order})]
-        while stack:
-            n = stack.pop()
-            if n not in needed:
-                needed.add(n)
-                stack += pipe.stages[n].deps
+    needed = select(pipe, only)
     results: dict[str, StageResult] = {}
     done: dict[str, Upstream] = {}
     todo = [n for n in pipe.order if n in needed]

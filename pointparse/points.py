@@ -214,6 +214,14 @@ class PointSet:
         return point_label_map(*self.points(name), h, w)
 
 
+def _coord(v) -> int:
+    """A pixel index (or point label) as the file wrote it: a number, never a boolean (``true``
+    would have been read as pixel 1) nor a string; floats are floored as before."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{v!r} is not a number")
+    return int(v)
+
+
 def load_points(artefact_dir: str | Path) -> PointSet:
     """Load ``points.json`` from a make-points artefact folder (or the json file itself)."""
     path = Path(artefact_dir)
@@ -267,14 +275,14 @@ def load_points(artefact_dir: str | Path) -> PointSet:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
             coords = ann["point_coords"]
             labels = ann.get("point_labels", [1] * len(coords))
-            coords = [(int(c[0]), int(c[1])) for c in coords]
+            coords = [(_coord(c[0]), _coord(c[1])) for c in coords]
         except (KeyError, TypeError, ValueError, IndexError, OverflowError):
             raise bad(f"annotations[{j}] needs 'image_id', 'category_id' and 'point_coords' [[x, y], ...] "
                       "(finite pixel indices)") from None
         try:
             if not isinstance(labels, list):
                 raise TypeError
-            labels = [int(v) for v in labels]
+            labels = [_coord(v) for v in labels]
         except (TypeError, ValueError, OverflowError):
             raise bad(f"annotations[{j}] point_labels must be a list of integers (1 = on the instance, "
                       f"0 = negative), got {labels!r:.80}") from None

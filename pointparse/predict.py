@@ -96,6 +96,10 @@ def load_for_inference(ref: str | Path, device: torch.device | str = "cpu") -> L
     return LoadedModel.from_predictor(Predictor.from_checkpoint(ref, device))
 
 
+#: the largest test-time scale: 4x an image is 16x its pixels (and the logits'); beyond it allocation fails
+MAX_SCALE = 4.0
+
+
 def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
     """``"0.75,1,1.25"`` (or a sequence) → positive scales; a bad value is a ConfigError."""
     items = text.split(",") if isinstance(text, str) else list(text)
@@ -103,8 +107,9 @@ def parse_scales(text: str | Sequence[float]) -> tuple[float, ...]:
         scales = tuple(float(s) for s in items if str(s).strip())
     except ValueError:
         raise ConfigError(f"scales must be comma-separated numbers like 0.75,1,1.25, got {text!r}") from None
-    if not scales or not all(math.isfinite(s) and s > 0 for s in scales):
-        raise ConfigError(f"scales must be positive numbers, got {text!r}")
+    if not scales or not all(math.isfinite(s) and 0 < s <= MAX_SCALE for s in scales):
+        raise ConfigError(f"scales must be positive numbers up to {MAX_SCALE:g} (a scale multiplies the image's "
+                          f"pixels by its square), got {text!r}")
     return scales
 
 

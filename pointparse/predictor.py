@@ -51,6 +51,7 @@ class Predictor:
         ckpt = load_checkpoint(path)
         model, info = model_from_checkpoint(ckpt, path)
         mean, std = _normalization(ckpt, path)
+        _check_finite_weights(model, path)
         dev = resolve_device(device)
         model.to(dev).eval()
         return cls(model, info, mean, std, path, dev, dict(ckpt["model_config"]),
@@ -70,7 +71,20 @@ def _normalization(ckpt: dict, path: Path) -> tuple[tuple[float, ...], tuple[flo
             raise ValueError("not three values each")
     except (KeyError, TypeError, ValueError) as exc:
         raise DataError(path, f"checkpoint has no usable 'normalization' mean/std ({exc.__class__.__name__})") from None
+    # a std of 0 or NaN makes every input NaN, and then every prediction class 0: an mIoU that looks real
+    if not all(np.isfinite(mean)) or not all(np.isfinite(s) and s > 0 for s in std):
+        raise DataError(path, f"checkpoint normalization must be finite with std > 0, got mean {list(mean)} "
+                              f"std {list(std)}")
     return mean, std
+
+
+def _check_finite_weights(model: nn.Module, path: Path) -> None:
+    """NaN or infinite weights (a diverged or damaged run) predict one class everywhere while every
+    command would still report numbers: refuse them before use, naming the first bad tensor."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise DataError(path, f"checkpoint weight {name!r} holds NaN or infinite values (a diverged run?); "
+                                  "it cannot predict anything")
 
 
 def resolve_checkpoint(ref: str | Path, cache: StageCache | None = None) -> Path:

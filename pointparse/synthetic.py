@@ -39,6 +39,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ConfigError
+from .fields import check_fields
 from .io import atomic_dir, write_label_png
 
 STUFF_CLASSES = ("sky", "wall", "grass", "road", "water")
@@ -80,6 +81,7 @@ class SyntheticConfig:
     image_format: str = "png"
 
     def __post_init__(self) -> None:
+        check_fields(self)  # seed: an integer (pointparse.fields), not a string that fails mid-generation
         size = (self.size, self.size) if isinstance(self.size, (int, np.integer)) else tuple(self.size)
         if len(size) != 2 or not all(isinstance(v, (int, np.integer)) for v in size):
             raise ConfigError(f"synthetic size must be an int or (min, max) ints, got {self.size!r}")

@@ -5,13 +5,13 @@ per field for the command line (:data:`FIELD_HELP`)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import torch
 
 from .errors import ConfigError, unknown_choice
 from .extension import EXTENSION_MODES
+from .fields import bounded, check_fields
 from .losses import CLASS_BALANCE
 from .model import CLASSIFIER_LR_MULT, ModelConfig
 from .pdml import PDML_VARIANTS
@@ -20,6 +20,8 @@ from .recipes import check_recipe, expand_recipe
 SUPERVISIONS = ("points", "full")
 AMP_MODES = ("auto", "off", "bf16", "fp16")
 OPTIMIZERS = ("sgd", "adamw")
+#: the largest training crop side: a 4096² batch already needs gigabytes; beyond it allocation fails
+MAX_CROP = 4096
 
 
 @dataclass
@@ -42,83 +44,62 @@ class TrainConfig:
     ``amp='auto'`` = bf16 on CUDA, off on CPU.
     """
 
-    supervision: str = "points"
+    supervision: str = bounded("points", choices=SUPERVISIONS)
     recipe: str = ""  # the pointparse.recipes name these values came from ("" = none), for tables
     # model
     backbone: str = "efficientnet_lite0"
     output_stride: int = 16
     weights: str = "imagenet"
-    projection_dim: int = 0
+    projection_dim: int = bounded(0, ge=0)
     head: str = "aspp-v2"
     embed: str = "classifier"
-    low_level_stride: int = 4
-    decoder_channels: int = 128
+    low_level_stride: int = bounded(4, ge=1)
+    decoder_channels: int = bounded(128, ge=1)
     # PDML (Eq. 3-5)
     pdml: bool = True
-    pdml_variant: str = "paper"
-    alpha: float = 0.8
-    beta: float = 1.0
-    margin: float | None = None
-    pdml_weight: float = 1.0
-    pdml_group_size: int = 0
+    pdml_variant: str = bounded("paper", choices=PDML_VARIANTS)
+    alpha: float = bounded(0.8, ge=0)
+    beta: float = bounded(1.0, ge=0)
+    margin: float | None = bounded(None, ge=0)  # None: the variant's default
+    pdml_weight: float = bounded(1.0, ge=0)
+    pdml_group_size: int = bounded(0, ge=0)
     # beyond the paper: class-balanced point CE, Gated CRF loss
-    class_balance: str = "none"
-    crf_weight: float = 0.0
+    class_balance: str = bounded("none", choices=CLASS_BALANCE)
+    crf_weight: float = bounded(0.0, ge=0)
     # a label set beside the clicks (the train stage's labels reference): its CE's weight
-    label_weight: float = 1.0
+    label_weight: float = bounded(1.0, ge=0)
     # online extension (Eq. 6-7)
-    extension: str = "none"
-    threshold: float = 0.7
-    region: int = 5
-    extension_start_epoch: int = 0
+    extension: str = bounded("none", choices=EXTENSION_MODES)
+    threshold: float = bounded(0.7, ge=0, lt=1)
+    region: int = bounded(5, ge=1, odd=True)
+    extension_start_epoch: int = bounded(0, ge=0)
     # optimisation
-    epochs: int = 20
-    batch_size: int = 16
-    optimizer: str = "sgd"
-    lr: float = 2.5e-4
-    head_lr_mult: float = CLASSIFIER_LR_MULT
+    epochs: int = bounded(20, ge=1)
+    batch_size: int = bounded(16, ge=1)
+    optimizer: str = bounded("sgd", choices=OPTIMIZERS)
+    lr: float = bounded(2.5e-4, gt=0)
+    head_lr_mult: float = bounded(CLASSIFIER_LR_MULT, gt=0)
     freeze_bn: bool = False
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.8
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(5e-4, ge=0)
+    poly_power: float = bounded(0.8, ge=0)
     # data
-    crop_size: int = 321
-    scale_min: float = 0.5
-    scale_max: float = 1.5
+    crop_size: int = bounded(321, ge=1, le=MAX_CROP)  # larger: an allocator error, not a run
+    scale_min: float = bounded(0.5, gt=0)
+    scale_max: float = bounded(1.5, gt=0)
     flip: bool = True
-    workers: int | None = None  # DataLoader processes; None = auto (pointparse.pool.loader_workers)
+    workers: int | None = bounded(None, ge=0)  # DataLoader processes; None = auto (pointparse.pool.loader_workers)
     # system
-    seed: int = 0
-    amp: str = "auto"
+    seed: int = bounded(0, ge=0)  # numpy's generators take no negative seed
+    amp: str = bounded("auto", choices=AMP_MODES)
     channels_last: bool = True
     device: str = "auto"
-    log_every: int = 10
+    log_every: int = bounded(10, ge=0)  # 0: every step (the stage key's neutral value)
 
     def __post_init__(self) -> None:
+        # types, registries and bounds of every field: one place for options, --set and YAML
+        check_fields(self)
         check_recipe(self.recipe)
-        for what, value, choices in (("supervision", self.supervision, SUPERVISIONS),
-                                     ("extension", self.extension, EXTENSION_MODES),
-                                     ("amp mode", self.amp, AMP_MODES),
-                                     ("pdml_variant", self.pdml_variant, PDML_VARIANTS),
-                                     ("class_balance", self.class_balance, CLASS_BALANCE),
-                                     ("optimizer", self.optimizer, OPTIMIZERS)):
-            if value not in choices:
-                raise unknown_choice(what, value, choices)
-        for name, low, strict in (("lr", 0.0, True), ("head_lr_mult", 0.0, True), ("momentum", 0.0, False),
-                                  ("weight_decay", 0.0, False), ("poly_power", 0.0, False), ("alpha", 0.0, False),
-                                  ("beta", 0.0, False), ("pdml_weight", 0.0, False), ("crf_weight", 0.0, False),
-                                  ("label_weight", 0.0, False),
-                                  ("scale_min", 0.0, True), ("scale_max", 0.0, True)):
-            v = getattr(self, name)
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) \
-                and (v > low if strict else v >= low)
-            if not ok:
-                raise ConfigError(f"{name} must be a finite number {'>' if strict else '>='} {low:g}, got {v!r}")
-        if self.margin is not None and not (isinstance(self.margin, (int, float)) and math.isfinite(self.margin)
-                                            and self.margin >= 0):
-            raise ConfigError(f"margin must be a finite number >= 0 (or None: the variant's default), got {self.margin!r}")
-        if self.momentum >= 1.0:
-            raise ConfigError(f"momentum must be < 1, got {self.momentum!r}")
         if self.scale_min > self.scale_max:
             raise ConfigError(f"scale_min {self.scale_min} is larger than scale_max {self.scale_max}")
         if self.device != "auto" and self.device:
@@ -128,15 +109,6 @@ class TrainConfig:
                 raise ConfigError(f"unknown device {self.device!r}; use auto, cpu, cuda or cuda:N") from None
         if self.supervision == "full" and (self.pdml or self.extension != "none"):
             raise ConfigError("full supervision trains on dense masks: use it with --no-pdml and --extension none")
-        for name in ("epochs", "batch_size", "crop_size"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"threshold must be in [0, 1), got {self.threshold}")
-        if self.region < 1 or self.region % 2 == 0:
-            raise ConfigError(f"region must be an odd size >= 1, got {self.region}")
-        if self.workers is not None and int(self.workers) < 0:
-            raise ConfigError(f"workers must be >= 0 or None (auto), got {self.workers!r}")
 
     @property
     def pdml_margin(self) -> float:

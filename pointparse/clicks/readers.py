@@ -244,7 +244,7 @@ def read_coco(path: Path) -> ReadResult:
             iid, cid = int(ann["image_id"]), int(ann["category_id"])
             coords = ann["point_coords"]
             labels = ann.get("point_labels", [1] * len(coords))
-            if len(labels) != len(coords):
+            if not isinstance(coords, list) or not isinstance(labels, list) or len(labels) != len(coords):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
             problems.append(f"{where}: needs 'image_id', 'category_id', 'point_coords' [[x, y], ...] "
@@ -265,7 +265,7 @@ def read_coco(path: Path) -> ReadResult:
             if lab == 0:
                 continue
             try:
-                if len(p) != 2:
+                if not isinstance(p, (list, tuple)) or len(p) != 2:  # {"x": .., "y": ..} is no [x, y] either
                     raise ValueError
                 x = pixel_index(p[0], size[1] if size else None)
                 y = pixel_index(p[1], size[0] if size else None)

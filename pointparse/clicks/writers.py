@@ -97,7 +97,17 @@ def write_wtp(view: ExportView, out: Path) -> None:
 
 
 def write_text(view: ExportView, out: Path) -> None:
-    """``name cls,y,x ...`` per image (0-based class ids), in artefact order."""
+    """``name cls,y,x ...`` per image (0-based class ids), in artefact order.
+
+    The reader splits a line at whitespace and skips lines starting with ``#``, so a name with
+    whitespace or a leading ``#`` would come back as another image or as a comment, its clicks
+    silently lost: such names are refused (another format keeps them), nothing is written."""
+    bad = [name for name in view.names if not name or any(c.isspace() for c in name) or name.startswith("#")]
+    if bad:
+        shown = ", ".join(repr(n) for n in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(view.points.path, f"{len(bad)} image name(s) cannot be written in the text format (it "
+                                          f"splits at spaces and skips lines starting with '#'): {shown}; "
+                                          "export as coco, wtp or sparse-png instead")
     lines = [" ".join([name] + [f"{c},{y},{x}" for x, y, c in view.clicks(name)]) for name in view.names]
     with atomic_file(out) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -49,13 +49,20 @@ class DatasetInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DatasetInfo":
-        return cls(
+        """The description a file holds (points.json, a checkpoint); ``ValueError`` when its palette
+        does not give every class one colour (a short one would colour classes by a wrong index)."""
+        info = cls(
             name=d["name"],
             protocol=d["protocol"],
             classes=tuple(d["classes"]),
             palette=tuple(tuple(int(v) for v in c) for c in d["palette"]),
             ignore_index=int(d.get("ignore_index", IGNORE_INDEX)),
         )
+        if len(info.palette) != len(info.classes) or not all(len(c) == 3 and all(0 <= v <= 255 for v in c)
+                                                             for c in info.palette):
+            raise ValueError(f"palette has {len(info.palette)} colours for {len(info.classes)} classes "
+                             "(one 'r, g, b' of 0..255 per class)")
+        return info
 
 
 def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:

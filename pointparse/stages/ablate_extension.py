@@ -33,7 +33,7 @@ from ..cache import StageCache, StageResult
 from ..keys import content_fingerprint
 from ..dataspec import SYNTHETIC_KIND, DatasetSpec, dataset_fingerprint, open_spec
 from ..datasets import SegmentationDataset
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from ..evaluate import EvalConfig
 from ..extension.ablation import Network, SplitView, extension_row, subset_indices
 from ..extension.methods import AblationConfig, AblationRow, AblationTrainConfig, get_method
@@ -140,7 +140,7 @@ class AblateExtension(Stage):
     @cached_property
     def train_points_artefact(self) -> Upstream:
         """``train_points``, or the artefact ``train.points`` names."""
-        return self.train_points or Upstream.find(self.train.points, self.cache, "make-points")
+        return self.train_points or Upstream.find_points(self.train.points, self.cache)
 
     @cached_property
     def train_point_set(self) -> PointSet:
@@ -153,6 +153,7 @@ class AblateExtension(Stage):
         ds = self.split_dataset()
         check_dense(ds)
         check_points_cover(self.point_set, self.view, self.point_set.path)
+        _check_has_clicks(self.point_set, "every row would extend nothing (a table of 0 new pixels)")
         if self.network is not None:
             check_network(self.network, ds)
         needs = [r.label for r in self.config.rows() if get_method(r.method).needs_network(self.config.kmeans_features)]
@@ -160,6 +161,8 @@ class AblateExtension(Stage):
             raise ConfigError(f"row(s) {', '.join(needs)} need a checkpoint")
         if self.train is not None:
             check_points_cover(self.train_point_set, self.train_dataset, self.train_point_set.path)
+            _check_has_clicks(self.train_point_set, "--train would learn from nothing (a CE of 0 and an mIoU "
+                                                    "of an untrained network)")
             if self.train.init == "checkpoint" and self.network is None:
                 raise ConfigError("--train from the checkpoint needs a checkpoint")
 
@@ -216,6 +219,12 @@ class AblateExtension(Stage):
         return tres, eres
 
 
+def _check_has_clicks(points: PointSet, consequence: str) -> None:
+    """A points artefact without a single click: refused before any row, or the ablation "works"."""
+    if points.num_points == 0:
+        raise DataError(points.path, f"holds no clicks for its {len(points.names)} images: {consequence}")
+
+
 def _table_plan(rows: list[AblationRow], row_keys: list[str], trained_keys: list) -> tuple[dict, dict]:
     """The table's (params, inputs): its rows, and the keys of their artefacts (and trainings)."""
     params = {"rows": [dataclasses.asdict(r) for r in rows], "train": any(t is not None for t in trained_keys)}
@@ -244,7 +253,7 @@ def run_ablation(checkpoint: str | Path | None, spec: DatasetSpec, points: str |
     ``examples/<row>_<image>.png``.
     """
     ckpt = Upstream("train", None, resolve_checkpoint(checkpoint, cache)) if checkpoint is not None else None
-    stage = AblateExtension(spec, cfg, cache, Upstream.find(points, cache, "make-points"), ckpt, train,
+    stage = AblateExtension(spec, cfg, cache, Upstream.find_points(points, cache), ckpt, train,
                             content_hash=content_hash, progress=progress, row_builder=row_builder or extension_row)
     return stage.ablate(force)
 

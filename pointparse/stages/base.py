@@ -18,13 +18,18 @@ not exist yet (a dry run before its upstream ran) raises :class:`KeyUnknown`.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 from ..cache import MANIFEST, StageCache, StageResult
+from ..errors import DataError
 from ..keys import stage_key
 from ..io import read_json
+
+
+_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 class KeyUnknown(Exception):
@@ -50,9 +55,27 @@ class Upstream:
 
     @classmethod
     def find(cls, ref: str | Path, cache: StageCache, stage: str) -> "Upstream":
-        """A reference given by a user (artefact folder, key or unique key prefix) of ``stage``."""
+        """A reference given by a user (artefact folder, key or unique key prefix) of ``stage``.
+
+        Its manifest's ``key`` goes into the keys of what is built from it, so a manifest without
+        a key (``{}``) or with a key that is not one (``"key": 5``) is refused, not used."""
         path = cache.find(ref, stage=stage)
-        return cls(stage, read_json(path / MANIFEST)["key"], path)
+        manifest = read_json(path / MANIFEST)
+        key = manifest.get("key") if isinstance(manifest, dict) else None
+        if not (isinstance(key, str) and _KEY.fullmatch(key)):
+            raise DataError(path / MANIFEST, f"not a pointparse manifest: 'key' must be a 64-hex cache key, got "
+                                             f"{key!r}; run the command that made this artefact again")
+        return cls(stage, key, path)
+
+    @classmethod
+    def find_points(cls, ref: str | Path, cache: StageCache) -> "Upstream":
+        """A points artefact: made by make-points or by import-clicks (a key is looked up in both)."""
+        try:
+            return cls.find(ref, cache, "make-points")
+        except DataError:
+            if Path(ref).is_dir():  # a folder is what it is: its own error says what is wrong with it
+                raise
+            return cls.find(ref, cache, "import-clicks")
 
     @classmethod
     def planned(cls, stage: str, key: str | None, cache: StageCache) -> "Upstream":
@@ -114,6 +137,8 @@ class Stage:
     refs: ClassVar[tuple[str, ...]] = ()
     #: for a ref field, the stage kinds it may name (checked with the file); absent = any kind
     ref_kinds: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: ref fields that map names to stages (the report's rows), not a stage or a list of them
+    mapping_refs: ClassVar[tuple[str, ...]] = ()
     #: fields a pipeline stage of this kind must have besides ``dataset`` (checked with the file)
     required: ClassVar[tuple[str, ...]] = ()
     cache: StageCache

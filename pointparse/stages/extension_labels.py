@@ -199,16 +199,6 @@ def run_extension_labels(spec: DatasetSpec, points: str | Path, cfg: ExtensionLa
     """:class:`ExtensionLabels` in one call (the library's and the CLI's entry). ``points``: a
     make-points or import-clicks artefact (folder or key) of the split; ``checkpoint``: a train
     artefact, key or model.pt (kmeans on embeddings only)."""
-    pts = _find_points(points, cache)
+    pts = Upstream.find_points(points, cache)
     ckpt = Upstream("train", None, resolve_checkpoint(checkpoint, cache)) if checkpoint is not None else None
     return ExtensionLabels(spec, cfg, cache, pts, ckpt, content_hash, progress, sam=sam).run(force)
-
-
-def _find_points(ref: str | Path, cache: StageCache) -> Upstream:
-    """A points artefact made by make-points or by import-clicks."""
-    from ..errors import DataError
-
-    try:
-        return Upstream.find(ref, cache, "make-points")
-    except (ConfigError, DataError):
-        return Upstream.find(ref, cache, "import-clicks")

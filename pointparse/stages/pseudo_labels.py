@@ -117,14 +117,7 @@ def run_pseudo_labels(checkpoint: str | Path, spec: DatasetSpec, points: str | P
                       content_hash: bool = False, progress: bool = True) -> StageResult:
     """:class:`PseudoLabels` in one call: ``checkpoint`` a train artefact (folder, key) or model.pt,
     ``points`` a make-points / import-clicks artefact, ``labels`` a label-set artefact."""
-    pts = _find_points(points, cache)
+    pts = Upstream.find_points(points, cache)
     other = find_label_set(labels, cache) if labels is not None else None
     return PseudoLabels(resolve_checkpoint(checkpoint, cache), spec, config, cache, pts, other, content_hash,
                         progress).run(force)
-
-
-def _find_points(ref: str | Path, cache: StageCache) -> Upstream:
-    try:
-        return Upstream.find(ref, cache, "make-points")
-    except DataError:
-        return Upstream.find(ref, cache, "import-clicks")

@@ -43,6 +43,7 @@ class Report(Stage):
     params_type: ClassVar[type] = ReportConfig
     fields: ClassVar[tuple[str, ...]] = ("dataset", "split")
     refs: ClassVar[tuple[str, ...]] = ("runs", "extension")
+    mapping_refs: ClassVar[tuple[str, ...]] = ("runs",)
 
     runs: Mapping[str, Ref | Sequence[Ref]]
     cache: StageCache

@@ -204,7 +204,7 @@ def run_train(spec: DatasetSpec, train_cfg: TrainConfig, cache: StageCache, poin
     if train_cfg.supervision == "points":
         if points is None:
             raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
-        up = Upstream.find(points, cache, "make-points")
+        up = Upstream.find_points(points, cache)  # make-points or import-clicks
     elif labels is not None:
         raise ConfigError("--labels trains beside the clicks; with --supervision full the dense masks are the labels: "
                           "drop one of them")
