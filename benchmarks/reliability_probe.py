@@ -75,7 +75,8 @@ class Workspace:
         self.cache = self.root / "cache"
 
     def cli(self, *args, timeout: float = 600) -> Run:
-        env = {**os.environ, "POINTPARSE_CACHE": str(self.cache), "PYTHONPATH": str(REPO)}
+        env = {**os.environ, "POINTPARSE_CACHE": str(self.cache), "PYTHONPATH": str(REPO),
+               **self.state.pop("env", {})}  # a case may set the environment of its own command
         p = subprocess.run([sys.executable, "-c", BOOT, *map(str, args)], cwd=self.root, env=env,
                            capture_output=True, text=True, timeout=timeout)
         return Run(p.returncode, p.stdout, p.stderr)
@@ -291,8 +292,36 @@ CASES = [
         "export-points", D["points"], "--format", "text", "--out", D["points"] / "points.json"],
          expect="inside the cache"),
 ]
-# items whose cases this script does not know yet
-NOT_REPLAYED = {3: "no case written here yet", 4: "no case written here yet", 10: "no case written here yet"}
+
+
+def _flipped_model(ws: Workspace) -> list:
+    """A same-size edit inside a cached model.pt (4 KiB flipped): evaluate must refuse it."""
+    art = ws.root / "flipped-cache-copy"
+    if not art.exists():
+        shutil.copytree(D["model"].parent, art)
+    model = art / "model.pt"
+    data = bytearray(model.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 4096] = bytes(b ^ 0xFF for b in data[mid:mid + 4096])
+    model.write_bytes(bytes(data))
+    return ["evaluate", art, *D["ds"], "-q"]
+
+
+def _cache_is_a_file(ws: Workspace) -> list:
+    (ws.root / "cache-file").write_text("not a folder\n")
+    ws.state["env"] = {"POINTPARSE_CACHE": str(ws.root / "cache-file")}
+    return ["make-points", *D["ds"], "-q", "--workers", "0"]
+
+
+CASES += [
+    Case(3, "report --out . (the current folder)", lambda ws: ["report", "--run", f"A={D['model'].parent}",
+                                                               "--out", "."], expect="current folder"),
+    Case(3, "export-points --format sparse-png --out .", lambda ws: [
+        "export-points", D["points"], "--format", "sparse-png", "--out", "."], expect="current folder"),
+    Case(4, "POINTPARSE_CACHE naming a file", _cache_is_a_file, expect="is a file"),
+    Case(10, "evaluate a model.pt with 4 KiB flipped (same size)", _flipped_model, expect="changed"),
+]
+NOT_REPLAYED: dict[int, str] = {}  # items whose cases this script does not know yet
 
 # holds the lock of a key as a live build does (StageCache.locked: lockf on .<key>.lock, its pid in it)
 HOLD_LOCK = """
