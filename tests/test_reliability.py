@@ -133,20 +133,7 @@ def test_weights_file_is_fingerprinted_by_content(tmp_path):
     assert key(w) != k1
 
 
-def _folder_dataset(root: Path, n: int = 3, size: int = 24) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    (root / "classes.txt").write_text("0 ground 0:128:0\n1 thing 128:0:0\n")
-    for i in range(n):
-        img = np.full((size, size, 3), 40 * i, np.uint8)
-        mask = np.zeros((size, size), np.uint8)
-        mask[4:12, 4:12] = 1
-        Image.fromarray(img).save(root / "images" / f"im{i}.png")
-        Image.fromarray(mask).save(root / "masks" / f"im{i}.png")
-    return root
+from cli_cases import folder_dataset as _folder_dataset  # noqa: E402
 
 
 def test_a_finished_artefact_missing_a_file_is_recomputed_and_says_why(tmp_path):
