@@ -1,6 +1,6 @@
 """How fast does SAM label a split, and where does the time go?
 
-    python benchmarks/bench_sam.py --root /work/shared/data/camvid --images 8 [--device cuda --batch-size 8]
+    python benchmarks/bench_sam.py --root ../shared/data/camvid --images 8 [--device cuda --batch-size 8]
 
 Runs :class:`pointparse.sam.labeller.SamLabeller` (the shipped MobileSAM, the default rule) over
 ``--images`` images of a folder dataset's train split, evenly spaced, with their make-points

@@ -1,7 +1,7 @@
 """Which SAM rule turns clicks into the best labels? Every rule of pointparse.sam.rules.RULES on
 the same images, SAM run once per image.
 
-    python benchmarks/sam_labels.py --camvid /work/shared/data/camvid --facade /work/shared/data/labelmefacade
+    python benchmarks/sam_labels.py --camvid ../shared/data/camvid --facade ../shared/data/labelmefacade
 
 Data: the ``train`` split of each dataset (CamVid: 367 frames of 360x480, 11 classes;
 LabelMeFacade: 100 facades, 9 classes), ``--frames`` / ``--facade-frames`` images evenly spaced
