@@ -13,10 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from pointparse.cli.main import main
+from cli_cases import cli as _cli
 from pointparse.errors import ConfigError
 
 
@@ -33,10 +32,6 @@ def _folder_dataset(root: Path, names=("im0", "im1", "im2"), size: int = 24) -> 
         Image.fromarray(img).save(root / "images" / f"{name}.png")
         Image.fromarray(mask).save(root / "masks" / f"{name}.png")
     return root
-
-
-def _cli(*args) -> "click.testing.Result":  # noqa: F821
-    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def _one_line_error(res, *expected: str) -> str:
