@@ -86,6 +86,17 @@ Phases (the budget of ``pipelines/labelmefacade-cpu.yaml``: 12 epochs, batch 8, 
   adamw lr4e-4`` (N1's first) unless the seeds that ran reverse the sign of its FullSup lead
   over ``cpu`` on either dataset.
 
+* **Round 6** (``--plan round6``, written 2026-12-05 19:00 before any of its runs; same budget,
+  data and 2 x 1-thread processes). Completes round 5 to 3 seeds per cell: seed 2 of its 8 runs
+  (new network and ``cpu``, FullSup and Clicks, both datasets) and seed 0 of the click recipe
+  (``v3+ adamw lr8e-4``) on CamVid, which round 4 ran only at 4e-4. CamVid runs first (the
+  longer ones), LabelMeFacade after. **Rules, for the README and issue 20:** the default stays
+  ``v3+ adamw lr4e-4`` unless the 3-seed mean FullSup of ``cpu`` is higher on either dataset;
+  the click recipe on it "beats ``cpu-aspp-clicks``" on a dataset if the mean paired (same seed)
+  difference over seeds 0, 1, 2 is positive and larger than 2 std of those differences; the
+  README reports mean +- std (sample std over the 3 seeds) and the paired differences as they
+  fall, whichever way.
+
     python benchmarks/recipe_study.py --root ../shared/data/labelmefacade --out results/study.jsonl
     python benchmarks/recipe_study.py ... --parallel 8 --device cuda --deadline 400   # on a GPU
 """
@@ -496,8 +507,28 @@ def plan_round5(study: Study) -> dict:
     return {"plan": "round5", "screen": got, "click_rates": clicks_name, "network": N_CANDIDATES[ROUND5_BASE]}
 
 
+def plan_round6(study: Study) -> dict:
+    """Round 6 (docstring): seed 2 of round 5's cells and the click recipe's CamVid seed 0."""
+    def job(name, config, row, data, seed):
+        base = {"FullSup": FULL, "Clicks": CLICKS}
+        return {**_job("S", name, row, {**config, **base[row]}, seed), "data": data}
+
+    clicks_name = "v3+ adamw lr8e-4"
+    clicks_cfg = ROUND5_SCREEN[clicks_name]
+    todo = []
+    for data in ("camvid", "labelmefacade"):
+        todo += [job(ROUND5_BASE, N_CANDIDATES[ROUND5_BASE], "FullSup", data, 2),
+                 job(clicks_name, clicks_cfg, "Clicks", data, 2),
+                 job("cpu", N_CANDIDATES["cpu"], "FullSup", data, 2),
+                 job("cpu", N_CANDIDATES["cpu"], "Clicks", data, 2)]
+        if data == "camvid":
+            todo.append(job(clicks_name, clicks_cfg, "Clicks", data, 0))
+    study.run(todo)
+    return {"plan": "round6", "click_rates": clicks_name, "network": N_CANDIDATES[ROUND5_BASE]}
+
+
 PLANS = {"round1": plan_and_run, "round2": plan_round2, "round3": plan_round3, "round4": plan_round4,
-         "round5": plan_round5}
+         "round5": plan_round5, "round6": plan_round6}
 
 
 def main() -> None:
