@@ -159,13 +159,17 @@ def _init_worker(data: dict, device: str, threads: int, weights: str = "imagenet
             ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
             ds.load = functools.lru_cache(maxsize=None)(ds.load)
         ps = load_points(points_dir)
-        _STATE["data"][name] = {"train": train, "val": val, "points": {n: ps.points(n) for n in ps.names}}
+        _STATE["data"][name] = {"train": train, "val": val, "points": {n: ps.points(n) for n in ps.names},
+                                "points_dir": points_dir}
 
 
 def _run(job: dict) -> dict:
+    """Train one job and evaluate it on its data's val split. ``job["labels_dir"]`` (optional): a
+    label set of the training split trained on beside the clicks (self-training rounds)."""
     import torch
 
     from pointparse.evaluate import EvalConfig, evaluate_model
+    from pointparse.labelset import load_label_set
     from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
     from pointparse.checkpoint import model_from_checkpoint
     from pointparse.train import train
@@ -173,10 +177,12 @@ def _run(job: dict) -> dict:
 
     cfg = TrainConfig(**job["config"], weights=_STATE["weights"], device=_STATE["device"])
     data = _STATE["data"][job.get("data", DEFAULT_DATA)]
+    labels = load_label_set(job["labels_dir"]) if job.get("labels_dir") else None
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            train(cfg, data["train"], data["points"] if cfg.supervision == "points" else None, tmp, progress=False)
+            train(cfg, data["train"], data["points"] if cfg.supervision == "points" else None, tmp, progress=False,
+                  labels=labels)
         except Exception as exc:  # a diverged or broken run is a result too
             return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
         epochs = [json.loads(l) for l in (Path(tmp) / "epochs.jsonl").read_text().splitlines()]
@@ -232,8 +238,9 @@ def _mean(results: list[dict], name: str) -> float | None:
 
 class Study:
     def __init__(self, pool: cf.Executor, out: Path, deadline: float, seeds=SEEDS, max_jobs: int = 0,
-                 done: list[dict] | None = None):
+                 done: list[dict] | None = None, runner=None):
         self.pool, self.out, self.deadline, self.seeds = pool, out, deadline, seeds
+        self.runner = runner or _run  # a module-level function of a job (pickled by reference)
         self.max_jobs = max_jobs
         self.results: list[dict] = []
         self.done = done or []  # results of an earlier, killed invocation (--resume)
@@ -257,7 +264,7 @@ class Study:
             return []
         futures = {}
         for job in jobs:
-            futures[self.pool.submit(_run, job)] = job
+            futures[self.pool.submit(self.runner, job)] = job
         done = []
         for fut in cf.as_completed(futures):
             if fut.cancelled():
@@ -270,7 +277,7 @@ class Study:
 
     def submit(self, jobs: list[dict]) -> dict:
         """Start jobs without waiting (long runs beside later phases); :meth:`collect` them."""
-        return {self.pool.submit(_run, job): job for job in jobs}
+        return {self.pool.submit(self.runner, job): job for job in jobs}
 
     def collect(self, futures: dict) -> None:
         for fut in cf.as_completed(futures):

@@ -1,0 +1,257 @@
+"""Self-training study (issue 22): pseudo-label rounds from clicks on the default network.
+
+Same budget, data, val splits and 2 x 1-thread processes as ``recipe_study.py`` round 6, whose
+pieces it reuses (workers, :class:`recipe_study.Study`, the job layout, results as JSONL lines).
+Round 0 is the click recipe ``cpu-clicks`` (round 5's ``v3+ adamw lr8e-4`` + ``CLICKS``, 12
+epochs from ImageNet). Round *r* >= 1 trains the same recipe from ImageNet on the clicks plus the
+pseudo-labels (``label_weight`` 1) that round *r - 1*'s model gives the training split
+(:func:`pointparse.pseudo_labels.write_pseudo_labels`, made inside the run's worker from the
+kept model of its parent). Every result line carries ``steps``: the optimiser steps of the run
+and of all the runs its labels came from (``epochs_before``), so rows compare at equal budgets.
+
+**Plan and rules** (written 2026-12-05 19:20, before any of its runs on real data; the rules are applied by
+the code below, so a resumed study cannot drift from them):
+
+* **Q — pseudo-label quality, no training** (``benchmarks/pseudo_label_rules.py`` on the kept
+  round-0 models of seed 2, both training splits, the four rules ``global:0.9``,
+  ``top-share:0.5``, ``per-class:0.9:0.5``, ``adaptive:0.9``, views ``1+flip`` and
+  ``0.75,1,1.25+flip``; lines in ``results/pseudo-label-rules.jsonl`` with ``--tag`` the
+  dataset's name, given as ``--quality``).
+  **Rule (multi-scale):** the training rounds use ``0.75,1,1.25+flip`` only if, for the
+  ``per-class`` rule, it raises the accuracy of the new pixels by >= 1.0 point at a coverage no
+  lower by more than 1.0 point on *both* datasets; else ``1+flip`` (a third of the inference).
+* **R — the rule screen** (seed 2, both datasets): round 1 with each of the four rules
+  (8 trainings). **Rule:** the rule with the best mean rank of val mIoU over the two datasets;
+  a tie goes to ``per-class`` (the stage's default), then to the lower mean-rank list order.
+  One seed only, for cost: its noise (std ~1.3 mIoU on LabelMeFacade between seeds) is stated
+  beside the result.
+* **S — seeds** (seed-major, 2 then 1 then 0, so a deadline leaves whole seeds), per dataset:
+  round 0 (the kept model of ``recipe_study.py`` rounds 5/6 where one exists, else trained
+  again as phase ``R0``), round 1 and round 2 with the chosen rule, and the equal-step
+  baselines: ``cpu-clicks`` and FullSup (the default network) at 24 epochs (= round 1's steps)
+  and at 36 epochs (= round 2's); FullSup at 12 epochs is rounds 5/6's.
+* **The named recipe:** the round (1 or 2) with the higher mean val mIoU over both datasets'
+  seed means is named ``cpu-selftrain`` *if* on both datasets its mean paired (same seed)
+  difference to ``cpu-clicks`` at equal steps is positive and larger than 2 std of those
+  differences; README Results report it as a fraction of FullSup at equal steps. Otherwise no
+  recipe is named and the result is reported as negative, with what each factor did.
+* SAM labels (combined with the pseudo-labels) are not in this plan: they need the SAM label
+  sets of both training splits (issue 21), a later plan.
+
+    python benchmarks/selftrain_study.py --data labelmefacade=../shared/data/labelmefacade \\
+        --data camvid=../shared/data/camvid --keep MODELS --reuse results/street-study-round6.jsonl \\
+        --quality results/pseudo-label-rules.jsonl --out results/selftrain-study.jsonl \\
+        --parallel 2 --threads 1 [--resume] [--deadline SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import recipe_study as rs
+
+CLICK_RATES = "v3+ adamw lr8e-4"  # the click recipe's rates (round 5) = ``cpu-clicks``
+ROUND0 = {**rs.ROUND5_SCREEN[CLICK_RATES], **rs.CLICKS}
+FULLSUP = {**rs.N_CANDIDATES[rs.ROUND5_BASE], **rs.FULL}
+RULES = {"per-class": dict(rule="per-class", threshold=0.9, share=0.5),
+         "global": dict(rule="global", threshold=0.9),
+         "top-share": dict(rule="top-share", share=0.5),
+         "adaptive": dict(rule="adaptive", threshold=0.9)}
+DEFAULT_RULE = "per-class"
+VIEWS = {"1+flip": dict(scales=[1.0], flip=True), "0.75,1,1.25+flip": dict(scales=[0.75, 1.0, 1.25], flip=True)}
+DATA = ("labelmefacade", "camvid")
+SCREEN_SEED = 2
+SEED_ORDER = (2, 1, 0)
+EPOCHS = rs.BUDGET["epochs"]
+MS_GAIN, MS_COVERAGE_LOSS = 1.0, 1.0  # points, the multi-scale rule
+
+
+def _run_selftrain(job: dict) -> dict:
+    """A job of this study in a worker: with ``parent`` (the job whose kept model labels the
+    split) the pseudo-labels are made first (kept beside the models, reused by a resumed run)."""
+    from pointparse.points import load_points
+    from pointparse.predictor import Predictor
+    from pointparse.pseudo_labels import PseudoLabelConfig, write_pseudo_labels
+
+    data = rs._STATE["data"][job["data"]]
+    quality = None
+    if job.get("parent"):
+        parent = Path(rs._STATE["keep"]) / f"{job['parent']}.pt"
+        out = Path(rs._STATE["keep"]) / "pseudo" / rs.job_id(job)
+        predictor = Predictor.from_checkpoint(parent, "cpu" if rs._STATE["device"] == "auto" else rs._STATE["device"])
+        labels = write_pseudo_labels(predictor, data["train"], load_points(data["points_dir"]),
+                                     PseudoLabelConfig(**job["pseudo"]), out, progress=False)
+        s = labels.summary
+        quality = {k: s.get(k) for k in ("accuracy", "coverage", "labelled_share", "kept_share", "prediction_accuracy")}
+        quality["per_class"] = {c: {k: d.get(k) for k in ("accuracy", "coverage", "kept_share")}
+                                for c, d in s["per_class"].items()}
+        job = {**job, "labels_dir": str(out)}
+    res = rs._run(job)
+    per_epoch = len(data["train"]) // job["config"]["batch_size"]  # drop_last
+    res["steps"] = (job["config"]["epochs"] + job.get("epochs_before", 0)) * per_epoch
+    if quality is not None:
+        res["pseudo_quality"] = quality
+    return res
+
+
+def choose_views(quality_file: str | None) -> tuple[str, dict]:
+    """The multi-scale rule (docstring) on ``pseudo_label_rules.py`` lines; ``1+flip`` without them."""
+    if not quality_file or not Path(quality_file).exists():
+        return "1+flip", {"reason": "no quality lines"}
+    rows = [json.loads(l) for l in Path(quality_file).read_text(encoding="utf-8").splitlines() if l.strip()]
+    got = {}
+    for r in rows:
+        if r["rule"] == "per-class:0.9:0.5":
+            got[(r.get("tag") or "", r["views"])] = r["summary"]
+    verdict = {}
+    for data in DATA:
+        one, ms = got.get((data, "1+flip")), got.get((data, "0.75,1,1.25+flip"))
+        if one is None or ms is None:
+            return "1+flip", {"reason": f"no per-class lines for {data}"}
+        verdict[data] = (100 * (ms["accuracy"] - one["accuracy"]), 100 * (ms["coverage"] - one["coverage"]))
+    pays = all(g >= MS_GAIN and c >= -MS_COVERAGE_LOSS for g, c in verdict.values())
+    return ("0.75,1,1.25+flip" if pays else "1+flip"), {"gain_and_coverage_change": verdict}
+
+
+def _job(phase: str, name: str, row: str, config: dict, data: str, seed: int, epochs: int | None = None,
+         **extra) -> dict:
+    job = rs._job(phase, name, row, {**config, "epochs": epochs or EPOCHS}, seed)
+    return {**job, "data": data, **extra}
+
+
+def round0(data: str, seed: int) -> dict:
+    """Round 5/6's click-recipe job (same phase, name and config, so its result and kept model are reused)."""
+    return _job("S", CLICK_RATES, "Clicks", ROUND0, data, seed)
+
+
+def round_n(parent: dict, rule: str, views: str, r: int) -> dict:
+    pseudo = {**RULES[rule], **VIEWS[views]}
+    return _job("ST", f"r{r} {rule} {views}", "Clicks+PL", ROUND0, parent["data"], parent["seed"],
+                parent=rs.job_id(parent), pseudo=pseudo, epochs_before=EPOCHS * r)
+
+
+class SelfTrainStudy(rs.Study):
+    def __init__(self, *a, reuse: list[dict], keep: str, **kw):
+        super().__init__(*a, runner=_run_selftrain, **kw)
+        self.reuse, self.keep = reuse, keep
+
+    def run(self, jobs: list[dict]) -> list[dict]:
+        """As :meth:`recipe_study.Study.run`, skipping the jobs this invocation has already run
+        (the rule screen's round 1 of the chosen rule is phase S's seed-2 round 1)."""
+        return super().run([j for j in jobs if not any(rs._same_job(r, j) for r in self.results)])
+
+    def ensure_round0(self, pairs: list[tuple[str, int]]) -> dict:
+        """Round-0 jobs whose model is kept: reused when possible, else trained again (phase R0)."""
+        out, todo = {}, []
+        for data, seed in pairs:
+            job = round0(data, seed)
+            mine = next((r for r in self.results if rs._same_job(r, {**job, "phase": "R0"})), None)
+            old = next((r for r in self.reuse if rs._same_job(r, job) and "miou" in r), None)
+            if mine is not None:
+                job = {**job, "phase": "R0"}
+            elif old is not None and (Path(self.keep) / f"{rs.job_id(job)}.pt").exists():
+                self.results.append(old)
+                print(f"# round 0 reused {rs.job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
+            else:
+                job = {**job, "phase": "R0"}
+                todo.append(job)
+            out[(data, seed)] = job
+        self.run(todo)
+        return out
+
+
+def mean_rank(results: list[dict], names: list[str]) -> dict:
+    ranks = {n: [] for n in names}
+    for data in DATA:
+        got = {n: next((r["miou"] for r in results if r["name"] == n and r["data"] == data and "miou" in r), None)
+               for n in names}
+        order = sorted((n for n in names if got[n] is not None), key=lambda n: -got[n])
+        for i, n in enumerate(order):
+            ranks[n].append(i + 1)
+    return {n: statistics.mean(v) if len(v) == len(DATA) else None for n, v in ranks.items()}
+
+
+def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
+    r0 = study.ensure_round0([(d, SCREEN_SEED) for d in DATA])
+    screen = [round_n(r0[(d, SCREEN_SEED)], rule, views, 1) for rule in RULES for d in DATA]
+    study.run(screen)
+    names = [f"r1 {rule} {views}" for rule in RULES]
+    ranks = mean_rank(study.results, names)
+    ranked = [n for n in names if ranks[n] is not None]
+    best = min(ranked, key=lambda n: (ranks[n], n != f"r1 {DEFAULT_RULE} {views}", names.index(n)), default=None)
+    rule = best.split(" ")[1] if best else DEFAULT_RULE
+    print(f"# rule screen: mean ranks {ranks}; rule {rule}", flush=True)
+    for seed in seeds:
+        r0 = study.ensure_round0([(d, seed) for d in DATA])
+        r1 = {d: round_n(r0[(d, seed)], rule, views, 1) for d in DATA}
+        study.run([*r1.values(),
+                   *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 2 * EPOCHS) for d in DATA],
+                   *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 2 * EPOCHS) for d in DATA]])
+        study.run([*[round_n(r1[d], rule, views, 2) for d in DATA],
+                   *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 3 * EPOCHS) for d in DATA],
+                   *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 3 * EPOCHS) for d in DATA]])
+    return {"plan": "selftrain", "views": views, "rule_ranks": ranks, "rule": rule}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", action="append", required=True, metavar="NAME=ROOT",
+                    help="labelmefacade=ROOT and camvid=ROOT (folder datasets)")
+    ap.add_argument("--out", required=True, help="results JSONL (appended)")
+    ap.add_argument("--keep", required=True, help="folder of the kept models (<job id>.pt) and pseudo-label sets")
+    ap.add_argument("--reuse", action="append", default=[], help="results JSONL of recipe_study rounds 5/6 (round 0)")
+    ap.add_argument("--quality", default=None, help="pseudo_label_rules.py JSONL (phase Q, the multi-scale rule)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--parallel", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
+    ap.add_argument("--resume", action="store_true", help="take runs already in --out instead of running them again")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEED_ORDER), help="phase S's seeds, in order")
+    ap.add_argument("--epochs", type=int, default=None, help="epochs per round (smoke tests only)")
+    args = ap.parse_args()
+    global EPOCHS
+    if args.epochs:
+        EPOCHS = rs.BUDGET["epochs"] = args.epochs
+
+    from pointparse.cache import StageCache
+    from pointparse.dataspec import DatasetSpec
+    from pointparse.simulate import MakePointsConfig
+    from pointparse.stages.make_points import run_make_points
+
+    roots = dict(d.split("=", 1) for d in args.data)
+    if set(roots) != set(DATA):
+        ap.error(f"give --data for exactly {', '.join(DATA)}")
+    views, why = choose_views(args.quality)
+    print(f"# views {views} ({why})", flush=True)
+    reuse = [json.loads(l) for f in args.reuse for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+    done = []
+    if args.resume and Path(args.out).exists():
+        done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+    with tempfile.TemporaryDirectory() as cache_dir:
+        data = {}
+        for name, root in roots.items():
+            pts = run_make_points(DatasetSpec("folder", root, "train"), MakePointsConfig(), StageCache(cache_dir),
+                                  progress=False)
+            data[name] = (root, "val", str(pts.path))
+        deadline = time.time() + args.deadline if args.deadline else float("inf")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        init = (data, args.device, args.threads, "imagenet", args.keep)
+        with cf.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn"), initializer=rs._init_worker,
+                                    initargs=init) as pool:
+            study = SelfTrainStudy(pool, Path(args.out), deadline, done=done, reuse=reuse, keep=args.keep)
+            summary = {**plan(study, views, tuple(args.seeds)), "views_rule": why}
+    with open(args.out, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({"summary": summary, "budget": rs.BUDGET, "argv": sys.argv[1:]}) + "\n")
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    main()
