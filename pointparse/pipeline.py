@@ -42,59 +42,7 @@ from .errors import ConfigError, PointParseError
 from .fields import coerce_params
 from .stages.base import KeyUnknown, PipelineEntry, RunContext, Upstream
 from .stages.registry import STAGE_KINDS
-
-# ------------------------------------------------------------------------------------------------
-# YAML with line numbers
-# ------------------------------------------------------------------------------------------------
-
-
-class _LineDict(dict):
-    """A mapping that remembers the line of each key (1-based) for error messages."""
-
-    line: int = 0
-    key_lines: dict
-
-
-class _LineLoader(yaml.SafeLoader):
-    pass
-
-
-class _KeyProblem(Exception):
-    """A mapping key no pipeline can mean (raised while parsing; ``load_pipeline`` adds the file)."""
-
-    def __init__(self, line: int, problem: str):
-        super().__init__(problem)
-        self.line, self.problem = line, problem
-
-
-def _construct_mapping(loader, node):
-    loader.flatten_mapping(node)
-    d = _LineDict()
-    d.line = node.start_mark.line + 1
-    d.key_lines = {}
-    for k_node, v_node in node.value:
-        k = loader.construct_object(k_node, deep=True)
-        line = k_node.start_mark.line + 1
-        # a list or mapping as a key (``? [a, b]``) cannot be a name; a repeated key would
-        # silently replace the first (two stages of one name: the last won)
-        if not isinstance(k, (str, int, float, bool)) and k is not None:
-            raise _KeyProblem(line, f"a key must be a name, got {k!r}")
-        if k in d.key_lines:
-            raise _KeyProblem(line, f"duplicate key {k!r} (first on line {d.key_lines[k]}): the second would "
-                                    "silently replace the first")
-        d[k] = loader.construct_object(v_node, deep=True)
-        d.key_lines[k] = line
-    return d
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
-def _line(d: Any, key: Any = None) -> int:
-    if isinstance(d, _LineDict):
-        return d.key_lines.get(key, d.line) if key is not None else d.line
-    return 0
-
+from .yaml_lines import KeyProblem, LineDict, LineLoader, line_of as _line
 
 COMMON_FIELDS = ("kind", "params", "matrix", "after")
 
@@ -132,7 +80,7 @@ def apply_overrides(doc: dict, overrides: list[str], path: Path) -> None:
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {dotted}: {k!r} is not a mapping in {path}")
             if k not in node or node[k] is None:
-                node[k] = _LineDict()
+                node[k] = LineDict()
                 node[k].line, node[k].key_lines = 0, {}
             node = node[k]
         if not isinstance(node, dict):
@@ -146,10 +94,10 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file does not exist")
     try:
-        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=_LineLoader)
+        doc = yaml.load(path.read_text(encoding="utf-8"), Loader=LineLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    except _KeyProblem as exc:
+    except KeyProblem as exc:
         raise ConfigError(f"{path}:{exc.line}: {exc.problem}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
