@@ -112,6 +112,14 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="scales"):
         PseudoLabelConfig(scales="0.75,x")
     assert PseudoLabelConfig(scales=[0.75, 1, 1.25]).scales == (0.75, 1.0, 1.25)
+    # windows bounded as evaluate's: a 1-pixel window would run the network once per pixel
+    with pytest.raises(ConfigError, match=r"window must be 0 \(whole image\) or in \[16, 4096\], got 1"):
+        PseudoLabelConfig(window=1)
+    with pytest.raises(ConfigError, match="window must be 0"):
+        PseudoLabelConfig(window=100_000)
+    with pytest.raises(ConfigError, match="window_stride 300 is larger than window 256"):
+        PseudoLabelConfig(window=256, window_stride=300)
+    assert PseudoLabelConfig(window=256, window_stride=128).window == 256
     with pytest.raises(ConfigError, match="needs another label set"):
         pl.check_combine(PseudoLabelConfig(combine="fill"), False)
     with pytest.raises(ConfigError, match="set combine"):
