@@ -181,7 +181,7 @@ def mean_rank(results: list[dict], names: list[str]) -> dict:
 
 def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
     r0 = study.ensure_round0([(d, SCREEN_SEED) for d in DATA])
-    screen = [round_n(r0[(d, SCREEN_SEED)], rule, views, 1) for rule in RULES for d in DATA]
+    screen = [round_n(r0[(d, SCREEN_SEED)], rule, views, 1) for d in DATA for rule in RULES]  # short runs first
     study.run(screen)
     names = [f"r1 {rule} {views}" for rule in RULES]
     ranks = mean_rank(study.results, names)
