@@ -27,7 +27,7 @@ from .metrics import SegMetrics
 from .model import upsample_logits
 from .pool import loader_workers, opencv_single_threaded, start_loader
 from .runtime import autocast_dtype
-from .transforms import EvalSamples, normalise
+from .transforms import EvalSamples, normalise_array
 
 #: samples a decoding thread keeps ready ahead of inference
 PREFETCH = 2
@@ -211,15 +211,23 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
             cm.update(infer(batch["image"]).argmax(1), batch["dense"].to(device, non_blocking=True))
     else:
         counts = np.zeros(num_classes * num_classes, np.int64)
-        decoded = decoded_in_thread(dataset, indices)
+
+        def load(i: int) -> tuple[np.ndarray, np.ndarray]:
+            # normalised in the decoding thread (numpy, without the GIL): torch ops here in the main
+            # thread waited on the thread's Python work for the GIL, 5-14 ms per image on a busy machine
+            sample = dataset.load(i, with_instances=False)
+            return normalise_array(sample.image, samples.mean, samples.std), sample.mask
+
+        decoded = decoded_in_thread(dataset, indices, load=load)
         try:
-            for sample in tqdm(decoded, total=len(indices), desc="evaluate", disable=not show,
-                               leave=False, dynamic_ncols=True):
-                logits = infer(normalise(sample.image, samples.mean, samples.std)[None])
+            for image, mask in tqdm(decoded, total=len(indices), desc="evaluate", disable=not show,
+                                    leave=False, dynamic_ncols=True):
+                # [1, 3, H, W] channels-last view, the tensor EvalSamples' normalise gives
+                logits = infer(torch.from_numpy(image).permute(2, 0, 1)[None])
                 if device.type == "cpu" and logits.shape[1] == num_classes:
-                    counts += _confusion_counts(sample.mask, logits.argmax(1)[0].numpy(), num_classes)
+                    counts += _confusion_counts(mask, logits.argmax(1)[0].numpy(), num_classes)
                 else:  # on a GPU the tensor path stays there; it also rejects out-of-range predictions
-                    cm.update(logits.argmax(1), to_device(torch.from_numpy(sample.mask.astype(np.int64))[None]))
+                    cm.update(logits.argmax(1), to_device(torch.from_numpy(mask.astype(np.int64))[None]))
         finally:
             decoded.close()  # stops the decoding thread when inference stops early
         cm.add_counts(torch.from_numpy(counts))
@@ -243,9 +251,10 @@ def decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: i
     one background thread up to ``depth`` images ahead, so decoding overlaps inference.
 
     A thread rather than a loader process: PIL and OpenCV release the GIL while they decode, and
-    no second process competes with the intra-op threads for the cores. The thread only reads
-    files (no torch op: torch's thread pool stays the main thread's); normalising stays in the
-    main thread, the very call the DataLoader path makes, so the model sees the same tensors.
+    no second process competes with the intra-op threads for the cores. The thread runs no torch
+    op (torch's thread pool stays the main thread's): evaluate_model's ``load`` also normalises,
+    with :func:`pointparse.transforms.normalise_array`, the numpy core of the DataLoader path's
+    ``normalise``, so the model sees the same values.
     OpenCV runs on one thread meanwhile. An error in the thread is raised here, in order;
     closing the generator stops the thread.
     """

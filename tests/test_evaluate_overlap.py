@@ -120,3 +120,17 @@ def test_confusion_counts_equal_the_tensor_update(n):
     cm = ConfusionMatrix(n)
     cm.update(torch.from_numpy(pred), torch.from_numpy(target.astype(np.int64)))
     np.testing.assert_array_equal(_confusion_counts(target, pred, n), cm.mat.numpy().ravel())
+
+
+@pytest.mark.parametrize("mean,std", [(IMAGENET_MEAN, IMAGENET_STD), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+                                      ((0.123, 0.987, 0.31), (0.0713, 0.9, 0.4567))])
+def test_numpy_normalise_is_bit_identical_to_torch(mean, std):
+    """normalise_array (numpy, in the decoding thread) gives exactly the torch formula's floats,
+    for every byte value on every channel, a flipped (non-contiguous) image included."""
+    every = np.stack([np.roll(np.arange(256, dtype=np.uint8), 85 * c) for c in range(3)], -1).reshape(16, 16, 3)
+    for image in (every, every[:, ::-1], np.random.default_rng(0).integers(0, 256, (7, 5, 3), dtype=np.uint8)):
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        want = (t - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+        got = normalise(image, mean, std)
+        assert got.dtype == torch.float32 and torch.equal(got, want)
+        assert got.stride() == want.stride()  # channels-last strides, as before
