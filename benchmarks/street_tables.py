@@ -1,7 +1,8 @@
 """README Results' tables for the default network (issue: one default network for street scenes),
 computed from the study's result files, so the README's numbers can be re-derived:
 
-    python benchmarks/street_tables.py results/street-study-round4.jsonl results/street-study-round5.jsonl
+    python benchmarks/street_tables.py results/street-study-round4.jsonl results/street-study-round5.jsonl \
+        results/street-study-round6.jsonl
 
 Per dataset: FullSup of the default network (``v3+ adamw lr4e-4`` = ``--recipe cpu``) and of the
 previous default (``cpu`` = ``--recipe cpu-aspp``), and the recipes for clicks (``v3+ adamw
@@ -62,8 +63,10 @@ def main(paths: list[str]) -> None:
         for a, ra, b, rb in PAIRS:
             d = [runs[(data, a, ra, s)]["miou"] - runs[(data, b, rb, s)]["miou"] for s in SEEDS
                  if (data, a, ra, s) in runs and (data, b, rb, s) in runs]
+            beyond = "" if len(d) < 2 else \
+                f"; mean beyond 2 std: {'yes' if statistics.mean(d) > 2 * statistics.stdev(d) else 'no'}"
             print(f"\npaired {a} {ra} - {b} {rb}: {_fmt(d)} over {len(d)} seed(s): "
-                  + ", ".join(f"{x:+.1f}" for x in d))
+                  + ", ".join(f"{x:+.1f}" for x in d) + beyond)
         if data in THIN:
             print("\n| run | " + " | ".join(THIN[data]) + " |")
             print("|---|" + "---|" * len(THIN[data]))
@@ -75,4 +78,4 @@ def main(paths: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["results/street-study-round4.jsonl", "results/street-study-round5.jsonl"])
+    main(sys.argv[1:] or [f"results/street-study-round{r}.jsonl" for r in (4, 5, 6)])
