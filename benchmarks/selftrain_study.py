@@ -142,6 +142,10 @@ class SelfTrainStudy(rs.Study):
     def __init__(self, *a, reuse: list[dict], keep: str, **kw):
         super().__init__(*a, runner=_run_selftrain, **kw)
         self.reuse, self.keep = reuse, keep
+        # a resumed run counts only with its kept model (any run may label a later round's
+        # images); one whose model is gone (another machine, a cleaned folder) is trained again
+        # and appends a second line, the later of which is the one to read
+        self.done = [r for r in self.done if (Path(keep) / f"{rs.job_id(r)}.pt").exists()]
 
     def run(self, jobs: list[dict]) -> list[dict]:
         """As :meth:`recipe_study.Study.run`, skipping the jobs this invocation has already run
