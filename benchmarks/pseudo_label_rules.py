@@ -98,7 +98,7 @@ def main() -> None:
                       f"{predict[0]:8.3f} ({predict[1]:.2f} cpu) {label[0]:6.3f} ({label[1]:.2f} cpu)")
                 if args.jsonl:
                     with open(args.jsonl, "a", encoding="utf-8") as fh:
-                        fh.write(json.dumps({"tag": args.tag, "views": views, "rule": text, "images": n, "checkpoint": str(predictor.path),
+                        fh.write(json.dumps({"tag": args.tag, "views": views, "rule": text, "images": n, "checkpoint": predictor.path.name,
                                              "predict_s_per_image": predict[0], "predict_cpu_s_per_image": predict[1],
                                              "label_s_per_image": label[0], "label_cpu_s_per_image": label[1],
                                              "summary": s}) + "\n")

@@ -105,21 +105,16 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import dataclasses
-import functools
 import json
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-BUDGET = dict(epochs=12, batch_size=8, crop_size=256, scale_min=0.5, scale_max=1.0, output_stride=16,
-              backbone="efficientnet_lite0", amp="off", workers=0, log_every=1000)
-FULL = dict(supervision="full", pdml=False)
-POINTS = dict(pdml=False)
+from study_runner import BUDGET, DEFAULT_DATA, FULL, POINTS, SEEDS, Study, _init_worker, _job
+
 A1 = {
     "paper-cpu": dict(head="aspp-v2", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
     "v3+": dict(head="deeplabv3+", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
@@ -128,97 +123,9 @@ A1 = {
 }
 A2 = {"frozen-bn": dict(freeze_bn=True), "tap s8": dict(low_level_stride=8), "scale 0.5-1.5": dict(scale_max=1.5)}
 ADOPT_MARGIN = 0.5
-SEEDS = (0, 1, 2)
 EXT = {"agree": dict(extension="agree", threshold=0.7, region=5),
        "argmax": dict(extension="score+region", threshold=0.7, region=5)}
 PDML = {v: dict(pdml=True, pdml_variant=v) for v in ("paper", "relative", "relative-detached", "normalized")}
-
-
-# ------------------------------------------------------------------------------------ one run
-
-_STATE: dict = {}
-DEFAULT_DATA = "default"  # the one dataset of --root (rounds 1-3)
-
-
-def _init_worker(data: dict, device: str, threads: int, weights: str = "imagenet", keep: str | None = None) -> None:
-    """``data``: name -> (root, val split, points artefact folder). Every dataset is opened and its
-    images decoded once per worker process, reused by every run. ``keep``: a folder that receives
-    every run's model.pt as ``<job id>.pt`` (later rounds start from them)."""
-    import torch
-
-    from pointparse.datasets import open_dataset
-    from pointparse.points import load_points
-
-    torch.set_num_threads(threads)
-    _STATE.update(weights=weights, device=device, data={}, keep=keep)
-    for name, (root, val_split, points_dir) in data.items():
-        train = open_dataset("folder", root, split="train")
-        val = open_dataset("folder", root, split=val_split)
-        for ds in (train, val):
-            ds.load_image = functools.lru_cache(maxsize=None)(ds.load_image)
-            ds.load_mask = functools.lru_cache(maxsize=None)(ds.load_mask)
-            ds.load = functools.lru_cache(maxsize=None)(ds.load)
-        ps = load_points(points_dir)
-        _STATE["data"][name] = {"train": train, "val": val, "points": {n: ps.points(n) for n in ps.names},
-                                "points_dir": points_dir}
-
-
-def _run(job: dict) -> dict:
-    """Train one job and evaluate it on its data's val split. ``job["labels_dir"]`` (optional): a
-    label set of the training split trained on beside the clicks (self-training rounds)."""
-    import torch
-
-    from pointparse.evaluate import EvalConfig, evaluate_model
-    from pointparse.labelset import load_label_set
-    from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
-    from pointparse.checkpoint import model_from_checkpoint
-    from pointparse.train import train
-    from pointparse.train_config import TrainConfig
-
-    cfg = TrainConfig(**job["config"], weights=_STATE["weights"], device=_STATE["device"])
-    data = _STATE["data"][job.get("data", DEFAULT_DATA)]
-    labels = load_label_set(job["labels_dir"]) if job.get("labels_dir") else None
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            train(cfg, data["train"], data["points"] if cfg.supervision == "points" else None, tmp, progress=False,
-                  labels=labels)
-        except Exception as exc:  # a diverged or broken run is a result too
-            return {**job, "error": f"{type(exc).__name__}: {exc}", "seconds": time.perf_counter() - t0}
-        epochs = [json.loads(l) for l in (Path(tmp) / "epochs.jsonl").read_text().splitlines()]
-        ckpt = torch.load(Path(tmp) / "model.pt", map_location="cpu", weights_only=True)
-        if _STATE.get("keep"):
-            Path(_STATE["keep"]).mkdir(parents=True, exist_ok=True)
-            os.replace(Path(tmp) / "model.pt", Path(_STATE["keep"]) / f"{job_id(job)}.pt")
-    model, info = model_from_checkpoint(ckpt)
-    device = torch.device(_STATE["device"] if _STATE["device"] != "auto" else
-                          ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device)
-    m, _ = evaluate_model(model, data["val"], info.num_classes, EvalConfig(workers=0, amp="off"), device,
-                       IMAGENET_MEAN, IMAGENET_STD, progress=False)
-    keep = ("epoch", "loss", "ce", "pdml", "crf", "dis_pos", "dis_neg", "active_triples", "ext_accuracy",
-            "ext_coverage", "ext_pixels_per_image", "time_s")
-    return {**job, "miou": 100 * m.miou, "pixel_acc": 100 * m.pixel_acc,
-            "iou": [None if x != x else round(100 * float(x), 2) for x in m.iou],
-            "epochs": [{k: r.get(k) for k in keep if k in r} for r in epochs],
-            "seconds": time.perf_counter() - t0, "device": str(device)}
-
-
-# ------------------------------------------------------------------------------------- phases
-
-
-def job_id(job: dict) -> str:
-    """A file-name-safe id of a job (its phase, data, name, row and seed)."""
-    raw = f"{job['phase']}_{job.get('data', DEFAULT_DATA)}_{job['name']}_{job['row']}_s{job['seed']}"
-    return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
-
-
-def _same_job(a: dict, b: dict) -> bool:
-    return all(a.get(k) == b.get(k) for k in ("phase", "data", "name", "row", "seed", "config"))
-
-
-def _job(phase: str, name: str, row: str, config: dict, seed: int) -> dict:
-    return {"phase": phase, "name": name, "row": row, "seed": seed, "config": {**BUDGET, **config, "seed": seed}}
 
 
 def _score(results: list[dict], name: str, rows=("FullSup", "PointSup")) -> float | None:
@@ -234,71 +141,6 @@ def _score(results: list[dict], name: str, rows=("FullSup", "PointSup")) -> floa
 def _mean(results: list[dict], name: str) -> float | None:
     got = [r["miou"] for r in results if r["name"] == name and "miou" in r]
     return statistics.mean(got) if got else None
-
-
-class Study:
-    def __init__(self, pool: cf.Executor, out: Path, deadline: float, seeds=SEEDS, max_jobs: int = 0,
-                 done: list[dict] | None = None, runner=None):
-        self.pool, self.out, self.deadline, self.seeds = pool, out, deadline, seeds
-        self.runner = runner or _run  # a module-level function of a job (pickled by reference)
-        self.max_jobs = max_jobs
-        self.results: list[dict] = []
-        self.done = done or []  # results of an earlier, killed invocation (--resume)
-
-    def run(self, jobs: list[dict]) -> list[dict]:
-        """Run jobs (in order of priority); those not started by the deadline are skipped, those
-        already in ``done`` (``--resume``) are taken from there."""
-        if self.max_jobs:
-            jobs = jobs[:self.max_jobs]
-        todo = []
-        for job in jobs:
-            old = next((r for r in self.done if _same_job(r, job) and "miou" in r), None)
-            if old is not None:
-                self.results.append(old)
-                print(f"# resumed {job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
-            else:
-                todo.append(job)
-        jobs = todo
-        if time.time() > self.deadline:
-            print(f"# deadline passed: {len(jobs)} runs not started", flush=True)
-            return []
-        futures = {}
-        for job in jobs:
-            futures[self.pool.submit(self.runner, job)] = job
-        done = []
-        for fut in cf.as_completed(futures):
-            if fut.cancelled():
-                continue
-            done.append(self._record(fut, futures[fut]))
-            if time.time() > self.deadline:
-                for f in futures:
-                    f.cancel()
-        return done
-
-    def submit(self, jobs: list[dict]) -> dict:
-        """Start jobs without waiting (long runs beside later phases); :meth:`collect` them."""
-        return {self.pool.submit(self.runner, job): job for job in jobs}
-
-    def collect(self, futures: dict) -> None:
-        for fut in cf.as_completed(futures):
-            self._record(fut, futures[fut])
-
-    def _record(self, fut, job) -> dict:
-        try:
-            res = fut.result()
-        except Exception as exc:  # a crashed worker process
-            res = {**job, "error": f"{type(exc).__name__}: {exc}"}
-        self.results.append(res)
-        with open(self.out, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(res) + "\n")
-        line = f"{res['phase']:2s} {res.get('data', ''):13s} {res['name']:28s} {res['row']:9s} seed {res['seed']}"
-        print(line + (f"  mIoU {res['miou']:5.1f}  acc {res['pixel_acc']:5.1f}  {res['seconds']:.0f}s"
-                      if "miou" in res else f"  ERROR {res.get('error')}"), flush=True)
-        return res
-
-    def rows(self, phase: str, name: str, config: dict, which=("FullSup", "PointSup")) -> list[dict]:
-        base = {"FullSup": FULL, "PointSup": POINTS}
-        return [_job(phase, name, row, {**config, **base[row]}, s) for s in self.seeds for row in which]
 
 
 def plan_and_run(study: Study) -> dict:

@@ -1,7 +1,8 @@
 """Self-training study (issue 22): pseudo-label rounds from clicks on the default network.
 
-Same budget, data, val splits and 2 x 1-thread processes as ``recipe_study.py`` round 6, whose
-pieces it reuses (workers, :class:`recipe_study.Study`, the job layout, results as JSONL lines).
+Same budget, data, val splits and 2 x 1-thread processes as ``recipe_study.py`` round 6, with
+the same machinery (``study_runner.py``: workers, :class:`study_runner.Study`, the job layout,
+results as JSONL lines) and round 5's recipes.
 Round 0 is the click recipe ``cpu-clicks`` (round 5's ``v3+ adamw lr8e-4`` + ``CLICKS``, 12
 epochs from ImageNet). Round *r* >= 1 trains the same recipe from ImageNet on the clicks plus the
 pseudo-labels (``label_weight`` 1) that round *r - 1*'s model gives the training split
@@ -57,10 +58,11 @@ import time
 from pathlib import Path
 
 import recipe_study as rs
+import study_runner as sr
 
 CLICK_RATES = "v3+ adamw lr8e-4"  # the click recipe's rates (round 5) = ``cpu-clicks``
 ROUND0 = {**rs.ROUND5_SCREEN[CLICK_RATES], **rs.CLICKS}
-FULLSUP = {**rs.N_CANDIDATES[rs.ROUND5_BASE], **rs.FULL}
+FULLSUP = {**rs.N_CANDIDATES[rs.ROUND5_BASE], **sr.FULL}
 RULES = {"per-class": dict(rule="per-class", threshold=0.9, share=0.5),
          "global": dict(rule="global", threshold=0.9),
          "top-share": dict(rule="top-share", share=0.5),
@@ -70,7 +72,7 @@ VIEWS = {"1+flip": dict(scales=[1.0], flip=True), "0.75,1,1.25+flip": dict(scale
 DATA = ("labelmefacade", "camvid")
 SCREEN_SEED = 2
 SEED_ORDER = (2, 1, 0)
-EPOCHS = rs.BUDGET["epochs"]
+EPOCHS = sr.BUDGET["epochs"]
 MS_GAIN, MS_COVERAGE_LOSS = 1.0, 1.0  # points, the multi-scale rule
 
 
@@ -81,12 +83,12 @@ def _run_selftrain(job: dict) -> dict:
     from pointparse.predictor import Predictor
     from pointparse.pseudo_labels import PseudoLabelConfig, write_pseudo_labels
 
-    data = rs._STATE["data"][job["data"]]
+    data = sr._STATE["data"][job["data"]]
     quality = None
     if job.get("parent"):
-        parent = Path(rs._STATE["keep"]) / f"{job['parent']}.pt"
-        out = Path(rs._STATE["keep"]) / "pseudo" / rs.job_id(job)
-        predictor = Predictor.from_checkpoint(parent, "cpu" if rs._STATE["device"] == "auto" else rs._STATE["device"])
+        parent = Path(sr._STATE["keep"]) / f"{job['parent']}.pt"
+        out = Path(sr._STATE["keep"]) / "pseudo" / sr.job_id(job)
+        predictor = Predictor.from_checkpoint(parent, "cpu" if sr._STATE["device"] == "auto" else sr._STATE["device"])
         labels = write_pseudo_labels(predictor, data["train"], load_points(data["points_dir"]),
                                      PseudoLabelConfig(**job["pseudo"]), out, progress=False)
         s = labels.summary
@@ -94,7 +96,8 @@ def _run_selftrain(job: dict) -> dict:
         quality["per_class"] = {c: {k: d.get(k) for k in ("accuracy", "coverage", "kept_share")}
                                 for c, d in s["per_class"].items()}
         job = {**job, "labels_dir": str(out)}
-    res = rs._run(job)
+    res = sr._run(job)
+    res.pop("labels_dir", None)  # a path of this machine; the set is keep/pseudo/<job id>
     per_epoch = len(data["train"]) // job["config"]["batch_size"]  # drop_last
     res["steps"] = (job["config"]["epochs"] + job.get("epochs_before", 0)) * per_epoch
     if quality is not None:
@@ -123,7 +126,7 @@ def choose_views(quality_file: str | None) -> tuple[str, dict]:
 
 def _job(phase: str, name: str, row: str, config: dict, data: str, seed: int, epochs: int | None = None,
          **extra) -> dict:
-    job = rs._job(phase, name, row, {**config, "epochs": epochs or EPOCHS}, seed)
+    job = sr._job(phase, name, row, {**config, "epochs": epochs or EPOCHS}, seed)
     return {**job, "data": data, **extra}
 
 
@@ -135,35 +138,35 @@ def round0(data: str, seed: int) -> dict:
 def round_n(parent: dict, rule: str, views: str, r: int) -> dict:
     pseudo = {**RULES[rule], **VIEWS[views]}
     return _job("ST", f"r{r} {rule} {views}", "Clicks+PL", ROUND0, parent["data"], parent["seed"],
-                parent=rs.job_id(parent), pseudo=pseudo, epochs_before=EPOCHS * r)
+                parent=sr.job_id(parent), pseudo=pseudo, epochs_before=EPOCHS * r)
 
 
-class SelfTrainStudy(rs.Study):
+class SelfTrainStudy(sr.Study):
     def __init__(self, *a, reuse: list[dict], keep: str, **kw):
         super().__init__(*a, runner=_run_selftrain, **kw)
         self.reuse, self.keep = reuse, keep
         # a resumed run counts only with its kept model (any run may label a later round's
         # images); one whose model is gone (another machine, a cleaned folder) is trained again
         # and appends a second line, the later of which is the one to read
-        self.done = [r for r in self.done if (Path(keep) / f"{rs.job_id(r)}.pt").exists()]
+        self.done = [r for r in self.done if (Path(keep) / f"{sr.job_id(r)}.pt").exists()]
 
     def run(self, jobs: list[dict]) -> list[dict]:
-        """As :meth:`recipe_study.Study.run`, skipping the jobs this invocation has already run
+        """As :meth:`study_runner.Study.run`, skipping the jobs this invocation has already run
         (the rule screen's round 1 of the chosen rule is phase S's seed-2 round 1)."""
-        return super().run([j for j in jobs if not any(rs._same_job(r, j) for r in self.results)])
+        return super().run([j for j in jobs if not any(sr._same_job(r, j) for r in self.results)])
 
     def ensure_round0(self, pairs: list[tuple[str, int]]) -> dict:
         """Round-0 jobs whose model is kept: reused when possible, else trained again (phase R0)."""
         out, todo = {}, []
         for data, seed in pairs:
             job = round0(data, seed)
-            mine = next((r for r in self.results if rs._same_job(r, {**job, "phase": "R0"})), None)
-            old = next((r for r in self.reuse if rs._same_job(r, job) and "miou" in r), None)
+            mine = next((r for r in self.results if sr._same_job(r, {**job, "phase": "R0"})), None)
+            old = next((r for r in self.reuse if sr._same_job(r, job) and "miou" in r), None)
             if mine is not None:
                 job = {**job, "phase": "R0"}
-            elif old is not None and (Path(self.keep) / f"{rs.job_id(job)}.pt").exists():
+            elif old is not None and (Path(self.keep) / f"{sr.job_id(job)}.pt").exists():
                 self.results.append(old)
-                print(f"# round 0 reused {rs.job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
+                print(f"# round 0 reused {sr.job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
             else:
                 job = {**job, "phase": "R0"}
                 todo.append(job)
@@ -223,7 +226,7 @@ def main() -> None:
     args = ap.parse_args()
     global EPOCHS
     if args.epochs:
-        EPOCHS = rs.BUDGET["epochs"] = args.epochs
+        EPOCHS = sr.BUDGET["epochs"] = args.epochs
 
     from pointparse.cache import StageCache
     from pointparse.dataspec import DatasetSpec
@@ -248,12 +251,12 @@ def main() -> None:
         deadline = time.time() + args.deadline if args.deadline else float("inf")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         init = (data, args.device, args.threads, "imagenet", args.keep)
-        with cf.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn"), initializer=rs._init_worker,
+        with cf.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn"), initializer=sr._init_worker,
                                     initargs=init) as pool:
             study = SelfTrainStudy(pool, Path(args.out), deadline, done=done, reuse=reuse, keep=args.keep)
             summary = {**plan(study, views, tuple(args.seeds)), "views_rule": why}
     with open(args.out, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps({"summary": summary, "budget": rs.BUDGET, "argv": sys.argv[1:]}) + "\n")
+        fh.write(json.dumps({"summary": summary, "budget": sr.BUDGET, "argv": sys.argv[1:]}) + "\n")
     print(json.dumps(summary), flush=True)
 
 
