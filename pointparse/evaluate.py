@@ -113,12 +113,19 @@ class EvalConfig:
         check_fields(self)  # types and bounds (pointparse.fields), as for every option
         if self.workers is not None and self.workers < 0:
             raise ConfigError(f"evaluation workers must be >= 0 or None (auto), got {self.workers!r}")
-        if 0 < self.window < MIN_WINDOW:
-            raise ConfigError(f"window must be 0 (whole image) or in [{MIN_WINDOW}, {MAX_WINDOW}], got {self.window}: "
-                              f"a smaller window runs the network once per few pixels")
-        if self.window and self.window_stride > self.window:
-            raise ConfigError(f"window_stride {self.window_stride} is larger than window {self.window}: "
-                              "pixels between the windows would get no prediction")
+        check_window(self.window, self.window_stride)
+
+
+def check_window(window: int, stride: int, what: str = "") -> None:
+    """Sliding-window sizes: ``window`` 0 (whole image) or in [MIN_WINDOW, MAX_WINDOW], and a
+    ``stride`` no larger than it (``what`` prefixes the message, e.g. ``"pseudo-labels "``)."""
+    if window and not MIN_WINDOW <= window <= MAX_WINDOW:
+        small = ": a smaller window runs the network once per few pixels" if window < MIN_WINDOW else ""
+        raise ConfigError(f"{what}window must be 0 (whole image) or in [{MIN_WINDOW}, {MAX_WINDOW}], "
+                          f"got {window}{small}")
+    if window and stride > window:
+        raise ConfigError(f"{what}window_stride {stride} is larger than window {window}: "
+                          "pixels between the windows would get no prediction")
 
 
 def _forward(model, x: torch.Tensor, amp_dtype) -> torch.Tensor:

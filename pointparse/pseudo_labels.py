@@ -39,7 +39,7 @@ from .confidence import (CONFIDENCE_RULES, SCORE_BINS, class_thresholds, get_rul
                          score_histogram)
 from .datasets import SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
-from .evaluate import MAX_WINDOW, MIN_WINDOW, _window_logits, decoded_in_thread
+from .evaluate import _window_logits, check_window, decoded_in_thread
 from .io import atomic_file, safe_name
 from .keys import content_fingerprint
 from .labelset import LABELS_JSON, LabelSet, LabelSetWriter, label_quality, load_label_set, quality_summary
@@ -133,14 +133,7 @@ class PseudoLabelConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"pseudo-labels {name} must be an integer >= 0, got {v!r}")
-        # the bounds of evaluate's windows: below MIN a forward pass per few pixels, above MAX an
-        # allocator error; a stride above the window leaves pixels without a prediction
-        if self.window and not MIN_WINDOW <= self.window <= MAX_WINDOW:
-            raise ConfigError(f"pseudo-labels window must be 0 (whole image) or in [{MIN_WINDOW}, {MAX_WINDOW}], "
-                              f"got {self.window}")
-        if self.window and self.window_stride > self.window:
-            raise ConfigError(f"pseudo-labels window_stride {self.window_stride} is larger than window {self.window}: "
-                              "pixels between the windows would get no prediction")
+        check_window(self.window, self.window_stride, "pseudo-labels ")  # evaluate's bounds
 
     def inference(self) -> dict:
         """What pass 1's maps depend on (besides the network)."""
