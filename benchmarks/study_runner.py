@@ -110,8 +110,9 @@ def _job(phase: str, name: str, row: str, config: dict, seed: int) -> dict:
 
 class Study:
     def __init__(self, pool: cf.Executor, out: Path, deadline: float, seeds=SEEDS, max_jobs: int = 0,
-                 done: list[dict] | None = None, runner=None):
+                 done: list[dict] | None = None, runner=None, slots: int = 0):
         self.pool, self.out, self.deadline, self.seeds = pool, out, deadline, seeds
+        self.slots = slots  # jobs in flight at once (0: the pool's workers)
         self.runner = runner or _run  # a module-level function of a job (pickled by reference)
         self.max_jobs = max_jobs
         self.results: list[dict] = []
@@ -130,21 +131,27 @@ class Study:
                 print(f"# resumed {job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
             else:
                 todo.append(job)
-        jobs = todo
-        if time.time() > self.deadline:
-            print(f"# deadline passed: {len(jobs)} runs not started", flush=True)
-            return []
-        futures = {}
-        for job in jobs:
-            futures[self.pool.submit(self.runner, job)] = job
-        done = []
-        for fut in cf.as_completed(futures):
-            if fut.cancelled():
-                continue
-            done.append(self._record(fut, futures[fut]))
-            if time.time() > self.deadline:
-                for f in futures:
-                    f.cancel()
+        # at most one job per worker in the pool's queue: a job starts only if the deadline has not
+        # passed when a worker frees up (submitting all at once queued them past any deadline)
+        slots = self.slots or max(1, getattr(self.pool, "_max_workers", 1))
+        pending, futures, done = iter(todo), {}, []
+
+        def fill() -> None:
+            while len(futures) < slots and time.time() <= self.deadline:
+                job = next(pending, None)
+                if job is None:
+                    return
+                futures[self.pool.submit(self.runner, job)] = job
+
+        fill()
+        while futures:
+            finished, _ = cf.wait(futures, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                done.append(self._record(fut, futures.pop(fut)))
+            fill()
+        left = sum(1 for _ in pending)
+        if left:
+            print(f"# deadline passed: {left} runs not started", flush=True)
         return done
 
     def submit(self, jobs: list[dict]) -> dict:
