@@ -118,7 +118,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_path: str | Path, height:
     meta = export_metadata(loaded, is_dynamic, shape)
     text = json.dumps(meta, sort_keys=True)
     if fmt == "pt2":
-        with atomic_file(out_path) as tmp, open(tmp, "wb") as fh:  # a handle: the temp name lacks .pt2
+        with atomic_file(out_path, sweep=True) as tmp, open(tmp, "wb") as fh:  # a handle: the temp name lacks .pt2
             torch.export.save(program, fh, extra_files={METADATA_NAME: text})
     else:
         import onnx
@@ -129,7 +129,7 @@ def export_model(checkpoint: str | Path, fmt: str, out_path: str | Path, height:
         proto = onnx_program.model_proto
         entry = proto.metadata_props.add()
         entry.key, entry.value = ONNX_METADATA_KEY, text
-        with atomic_file(out_path) as tmp:
+        with atomic_file(out_path, sweep=True) as tmp:
             onnx.save_model(proto, str(tmp))
     return ExportResult(out_path, fmt, is_dynamic, shape, meta)
 

@@ -209,11 +209,19 @@ def write_bytes(path: str | Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
+def atomic_file(path: str | Path, sweep: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds.
+
+    ``sweep``: first remove what a killed earlier write of ``path`` left beside it
+    (``.NAME.PID-XXXX.tmp``, :func:`sweep_stale_siblings`) — for a single-file ``--out`` in a
+    user's folder, which nothing else cleans. Off by default: it lists the folder, and per-image
+    writes into a stage's temporary folder (swept as a whole by the cache) would pay that per file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if sweep:
+        sweep_stale_siblings(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -252,7 +260,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
 
 
 def sweep_stale_siblings(path: Path) -> None:
-    """Remove the temporary folders a killed :func:`atomic_dir` of ``path`` left beside it
+    """Remove the temporaries a killed :func:`atomic_dir` or :func:`atomic_file` of ``path`` left beside it
     (``.NAME.PID-XXXX.tmp``, ``.NAME.old-PID``), unless the process named in them still runs (a
     concurrent write of the same folder). Names without a pid come from versions that did not
     write one; nothing else writes them, so they are stale too."""
@@ -376,10 +384,11 @@ def atomic_out_dir(path: str | Path, command: str, stage: str | None = None,
         mark_out_dir(tmp, command)
 
 
-def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> None:
-    """Write JSON atomically with sorted keys (byte-identical output for identical input)."""
+def write_json(path: str | Path, obj: Any, indent: int | None = 1, sweep: bool = False) -> None:
+    """Write JSON atomically with sorted keys (byte-identical output for identical input);
+    ``sweep`` as :func:`atomic_file`'s."""
     text = json.dumps(obj, indent=indent, sort_keys=True, ensure_ascii=False)
-    with atomic_file(path) as tmp:
+    with atomic_file(path, sweep) as tmp:
         tmp.write_text(text + "\n", encoding="utf-8")
 
 

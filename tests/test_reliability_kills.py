@@ -115,6 +115,29 @@ def test_item8_a_killed_out_copy_leaves_nothing_behind_after_the_next_one(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["R", live.name])
 
 
+
+def test_a_killed_single_file_write_leaves_nothing_behind_after_the_next_one(tmp_path):
+    """`export-model --out m.onnx` and the other single-file outputs (io.atomic_file): the next
+    write of the same file removes a dead writer's temporary, keeps a live one's and anything else."""
+    import subprocess
+    import sys
+
+    from pointparse.io import atomic_file
+
+    out = tmp_path / "m.onnx"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale_old = tmp_path / ".m.onnx.ab12cd34.tmp"  # written before temporaries carried a pid
+    stale_new = tmp_path / f".m.onnx.{dead.stdout.strip()}-ef56gh78.tmp"
+    live = tmp_path / f".m.onnx.{os.getppid()}-ij90kl12.tmp"
+    other = tmp_path / ".other.onnx.ab12cd34.tmp"
+    for f in (stale_old, stale_new, live, other):
+        f.write_bytes(b"half a model")
+    with atomic_file(out, sweep=True) as tmp:
+        assert tmp.name.startswith(f".m.onnx.{os.getpid()}-")
+        tmp.write_bytes(b"a model")
+    assert out.read_bytes() == b"a model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", live.name, other.name])
+
 # ------------------------------------------------------------------------------------------------
 # item 9: a damaged .partial failed on every rerun until --force
 # ------------------------------------------------------------------------------------------------

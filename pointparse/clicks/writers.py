@@ -53,7 +53,7 @@ def write_label_studio(view: ExportView, out: Path) -> None:
         tasks.append({"id": t, "data": {"image": view.file_names[name]},
                       "annotations": [{"id": t, "result": result, "was_cancelled": False}],
                       "predictions": []})
-    write_json(out, tasks)
+    write_json(out, tasks, sweep=True)
 
 
 def write_cvat(view: ExportView, out: Path) -> None:
@@ -79,13 +79,13 @@ def write_cvat(view: ExportView, out: Path) -> None:
             ET.SubElement(im, "points", label=view.info.classes[c], source="manual", occluded="0",
                           points=f"{x + 0.5:.2f},{y + 0.5:.2f}", z_order="0")
     ET.indent(root)
-    with atomic_file(out) as tmp:
+    with atomic_file(out, sweep=True) as tmp:
         ET.ElementTree(root).write(tmp, encoding="utf-8", xml_declaration=True)
 
 
 def write_coco(view: ExportView, out: Path) -> None:
     """The artefact's ``points.json`` itself: it already is PointSup COCO (provenance kept)."""
-    write_json(out, view.doc)
+    write_json(out, view.doc, sweep=True)
 
 
 def write_wtp(view: ExportView, out: Path) -> None:
@@ -93,7 +93,7 @@ def write_wtp(view: ExportView, out: Path) -> None:
     ``rank`` the click's 1-based position in its image; images without clicks get ``[]``."""
     doc = {name: [{"x": x, "y": y, "cls": c, "rank": k + 1} for k, (x, y, c) in enumerate(view.clicks(name))]
            for name in view.names}
-    write_json(out, doc)
+    write_json(out, doc, sweep=True)
 
 
 def write_text(view: ExportView, out: Path) -> None:
@@ -109,7 +109,7 @@ def write_text(view: ExportView, out: Path) -> None:
                                           f"splits at spaces and skips lines starting with '#'): {shown}; "
                                           "export as coco, wtp or sparse-png instead")
     lines = [" ".join([name] + [f"{c},{y},{x}" for x, y, c in view.clicks(name)]) for name in view.names]
-    with atomic_file(out) as tmp:
+    with atomic_file(out, sweep=True) as tmp:
         tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
