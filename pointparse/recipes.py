@@ -21,6 +21,11 @@ Registry :data:`RECIPES`:
   learning rate was the lever (round 4-5, LabelMeFacade, seed 0: head rate 6e-4 -> 5.2 mIoU,
   2e-3 -> 10.5, 4e-3 -> 19.6, 8e-3 -> 24.0, against 22.3 for ``cpu-aspp-clicks``). Full
   supervision with this recipe drops the click losses but keeps the rate.
+* ``cpu-sam`` — ``cpu-clicks`` trained on the clicks plus SAM's labels of the training split
+  (the train stage's ``labels``: an ``extension-labels`` stage with ``method: sam``), their CE at
+  ``label_weight`` 1 beside the clicks' class-balanced CE and the Gated CRF; the clicks are always
+  kept by the labels. Same steps as ``cpu-clicks``. Without ``labels`` it is refused (it would be
+  ``cpu-clicks`` under another name). Measured by ``benchmarks/sam_study.py`` (README Results).
 * ``cpu-aspp``, ``cpu-aspp-clicks`` — the previous defaults (before round 4), kept to reproduce
   earlier results: ASPP-v2 with SGD lr 2.5e-3 (head 10x), same budget. On LabelMeFacade
   ``cpu-aspp-clicks`` gave 21.5 ± 1.3 mIoU against 16.9 ± 0.9 for plain point CE (3 seeds).
@@ -51,9 +56,16 @@ RECIPES: dict[str, dict[str, Any]] = {
                   scale_min=0.5, scale_max=1.5, alpha=0.8, beta=1.0),
     "cpu": _CPU,
     "cpu-clicks": {**_CPU, "lr": 8e-4, **_CLICKS},
+    "cpu-sam": {**_CPU, "lr": 8e-4, **_CLICKS, "label_weight": 1.0},
     "cpu-aspp": _CPU_ASPP,
     "cpu-aspp-clicks": {**_CPU_ASPP, **_CLICKS},
     "decoder": dict(head="deeplabv3+", optimizer="adamw", lr=2e-4, head_lr_mult=10.0, weight_decay=1e-2),
+}
+
+#: recipes that train on a label set beside the clicks -> what that label set is (for the error)
+NEEDS_LABELS: dict[str, str] = {
+    "cpu-sam": "SAM's labels of the training split (labels: an extension-labels stage with method: sam; "
+               "train --labels KEY)",
 }
 
 

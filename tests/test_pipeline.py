@@ -114,7 +114,8 @@ def test_cli_run_dry_run(tmp_path):
     assert r.exit_code != 0 and "bad.yaml:1" in r.output and "unknown stage kind" in r.output
 
 
-@pytest.mark.parametrize("name", ["quickstart", "labelmefacade-cpu", "pascal-context", "ade20k", "selftrain-quick"])
+@pytest.mark.parametrize("name", ["quickstart", "labelmefacade-cpu", "camvid-cpu", "pascal-context", "ade20k",
+                                  "selftrain-quick"])
 def test_shipped_pipelines_validate(name):
     path = shipped_pipeline(name)
     assert path.exists(), path

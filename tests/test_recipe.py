@@ -301,7 +301,7 @@ def test_a_recipe_fills_what_is_not_given_and_explicit_values_win():
     full = TrainConfig.from_dict({"recipe": "cpu-clicks", "supervision": "full", "pdml": False})
     assert full.crf_weight == 0.0 and full.class_balance == "none" and full.lr == RECIPES["cpu-clicks"]["lr"]
     assert TrainConfig.from_dict({"recipe": "paper"}).backbone == "resnet101"
-    with pytest.raises(ConfigError, match="valid choices: cpu, cpu-aspp, cpu-aspp-clicks, cpu-clicks, decoder, paper"):
+    with pytest.raises(ConfigError, match="valid choices: cpu, cpu-aspp, cpu-aspp-clicks, cpu-clicks, cpu-sam, decoder, paper"):
         TrainConfig.from_dict({"recipe": "fast"})
 
 

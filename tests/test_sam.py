@@ -224,6 +224,26 @@ def test_superpixel_labels_train_through_the_labels_reference(cache, points):
     assert json.loads((tr.path / "manifest.json").read_text())["inputs"]["labels"] == res.key
 
 
+def test_recipe_cpu_sam_trains_on_a_label_set_and_is_refused_without_one(cache, points):
+    """``cpu-sam`` is ``cpu-clicks``' values plus a label set: given one it trains; without one,
+    one error that names what it needs; full supervision (a Table 3 row under the same defaults)
+    needs none."""
+    from pointparse.stages.train import run_train
+    from pointparse.train_config import TrainConfig
+
+    labels = run_extension_labels(TRAIN, points, ExtensionLabelsConfig(method="superpixel", workers=0), cache,
+                                  progress=False)
+    small = dict(weights="none", backbone="resnet18", epochs=1, batch_size=5, crop_size=40, workers=0)
+    sam = TrainConfig.from_dict({"recipe": "cpu-sam", **small})
+    clicks = TrainConfig.from_dict({"recipe": "cpu-clicks", **small})
+    assert sam.label_weight == 1.0 and sam.class_balance == "sqrt" and sam.crf_weight == clicks.crf_weight
+    tr = run_train(TRAIN, sam, cache, points=points, labels=labels.path, progress=False)
+    assert (tr.path / "model.pt").is_file()
+    with pytest.raises(ConfigError, match="recipe 'cpu-sam' trains on SAM's labels .*none was given.*use recipe 'cpu-clicks'"):
+        run_train(TRAIN, sam, cache, points=points, progress=False)
+    full = TrainConfig.from_dict({"recipe": "cpu-sam", "supervision": "full", "pdml": False, **small})
+    assert full.crf_weight == 0.0 and full.class_balance == "none"
+
 def test_cli_extension_labels_superpixel(cache, points):
     from pointparse.cli.main import main
 

@@ -34,6 +34,7 @@ from ..io import atomic_file, read_json, write_json
 from ..keys import content_fingerprint
 from ..labelset import check_label_set, load_label_set
 from ..points import load_points
+from ..recipes import NEEDS_LABELS
 from ..resume import restart_if_damaged
 from ..train import TENSORBOARD_DIR, train
 from ..train_config import TrainConfig
@@ -112,6 +113,10 @@ class Train(Stage):
             if self.points is None:
                 raise ConfigError("point supervision needs --points (a make-points artefact folder or key)")
             inputs["points"] = self.points.require_key()
+        need = NEEDS_LABELS.get(cfg.recipe)
+        if need and cfg.supervision == "points" and self.labels is None:
+            raise ConfigError(f"recipe {cfg.recipe!r} trains on {need} beside the clicks; none was given "
+                              f"(without them use recipe 'cpu-clicks')")
         if self.labels is not None:
             if cfg.supervision != "points":
                 raise ConfigError("a label set (labels) trains beside the clicks; with supervision full the dense "
