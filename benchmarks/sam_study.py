@@ -112,6 +112,33 @@ def verdict(results: list[dict], base: dict) -> dict:
     return out
 
 
+def _ms(xs) -> str:
+    xs = list(xs)
+    if not xs:
+        return "–"
+    return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
+
+
+def print_tables(summary: dict, labels: list[dict]) -> None:
+    """README Results' rows (markdown) from :func:`verdict`'s summary and the label lines."""
+    print("| dataset | SAM labels: accuracy / coverage | `cpu-sam` seeds 0 / 1 / 2 | mean ± std | `cpu-clicks` | "
+          "paired difference | FullSup (`cpu`) | `cpu-sam` / `cpu-clicks` of FullSup |")
+    print("|---|---|---|---|---|---|---|---|")
+    for data in DATA:
+        d = summary.get(data) or {}
+        lab = next((l for l in labels if l.get("data") == data), None)
+        q = f"{100 * lab['accuracy']:.1f} / {100 * lab['coverage']:.1f} %" if lab else "–"
+        sam = {int(k): v for k, v in (d.get("sam") or {}).items()}
+        seeds = " / ".join(f"{sam[s]:.1f}" if s in sam else "–" for s in (0, 1, 2))
+        diffs = d.get("paired") or []
+        paired = (", ".join(f"{x:+.1f}" for x in diffs) + f" = {_ms(diffs)}") if diffs else "–"
+        frac = (f"{d['of_fullsup']:.2f} / {d['clicks_of_fullsup']:.2f}" if d.get("of_fullsup") and
+                d.get("clicks_of_fullsup") else "–")
+        print(f"| {data} | {q} | {seeds} | {_ms(sam.values())} | {_ms((d.get('cpu_clicks') or {}).values())} | "
+              f"{paired} | {_ms((d.get('fullsup') or {}).values())} | {frac} |")
+    print(f"\nnamed (beyond 2 std on both): {summary.get('named')}; aim 0.85 of FullSup on both: {summary.get('aim_085')}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, metavar="NAME=ROOT")
@@ -125,7 +152,13 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEED_ORDER))
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--epochs", type=int, default=None, help="smoke tests only")
+    ap.add_argument("--tables", action="store_true", help="print README's rows from --out and --reuse, run nothing")
     args = ap.parse_args()
+    if args.tables:
+        lines = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+        runs = [r for r in lines if r.get("row") == ROW and "miou" in r]
+        print_tables(verdict(runs, baselines(args.reuse)), [l for l in lines if l.get("phase") == "labels"])
+        return
     if args.epochs:
         sr.BUDGET["epochs"] = args.epochs
 
@@ -163,6 +196,8 @@ def main() -> None:
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"summary": summary, "budget": sr.BUDGET, "seeds": args.seeds, "data": order}) + "\n")
     print(json.dumps(summary, indent=1), flush=True)
+    print_tables(summary, [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines()
+                           if l.strip() and json.loads(l).get("phase") == "labels"])
 
 
 if __name__ == "__main__":
