@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import recipe_study as rs
+import street_tables
 import study_runner as sr
 
 CLICK_RATES = "v3+ adamw lr8e-4"  # ``cpu-clicks``
@@ -53,7 +54,7 @@ ROW = "Clicks+SAM"
 
 def _run_sam(job: dict) -> dict:
     res = sr._run(job)
-    res.pop("labels_dir", None)  # a path of this machine; the set is named by sam_labels_key
+    res.pop("labels_dir", None)  # a path of this machine; the label line's key names the set
     return res
 
 
@@ -75,17 +76,6 @@ def sam_labels(spec, points_key: str, cache, threads: int) -> tuple[str, dict]:
                                                           "new_pixels_per_image")},
             "per_class": q.get("per_class")}
     return str(res.path), line
-
-
-def baselines(paths: list[str]) -> dict:
-    """(data, name, row, seed) -> result, as street_tables.py reads rounds 4-6 (later files win)."""
-    runs = {}
-    for path in paths:
-        for l in Path(path).read_text(encoding="utf-8").splitlines():
-            r = json.loads(l) if l.strip() else {}
-            if "miou" in r:
-                runs[(r.get("data"), r["name"], r["row"], r["seed"])] = r
-    return runs
 
 
 def verdict(results: list[dict], base: dict) -> dict:
@@ -112,13 +102,6 @@ def verdict(results: list[dict], base: dict) -> dict:
     return out
 
 
-def _ms(xs) -> str:
-    xs = list(xs)
-    if not xs:
-        return "–"
-    return f"{statistics.mean(xs):.1f}" + (f" ± {statistics.stdev(xs):.1f}" if len(xs) > 1 else "")
-
-
 def print_tables(summary: dict, labels: list[dict]) -> None:
     """README Results' rows (markdown) from :func:`verdict`'s summary and the label lines."""
     print("| dataset | SAM labels: accuracy / coverage | `cpu-sam` seeds 0 / 1 / 2 | mean ± std | `cpu-clicks` | "
@@ -131,11 +114,11 @@ def print_tables(summary: dict, labels: list[dict]) -> None:
         sam = {int(k): v for k, v in (d.get("sam") or {}).items()}
         seeds = " / ".join(f"{sam[s]:.1f}" if s in sam else "–" for s in (0, 1, 2))
         diffs = d.get("paired") or []
-        paired = (", ".join(f"{x:+.1f}" for x in diffs) + f" = {_ms(diffs)}") if diffs else "–"
+        paired = (", ".join(f"{x:+.1f}" for x in diffs) + f" = {street_tables._fmt(diffs)}") if diffs else "–"
         frac = (f"{d['of_fullsup']:.2f} / {d['clicks_of_fullsup']:.2f}" if d.get("of_fullsup") and
                 d.get("clicks_of_fullsup") else "–")
-        print(f"| {data} | {q} | {seeds} | {_ms(sam.values())} | {_ms((d.get('cpu_clicks') or {}).values())} | "
-              f"{paired} | {_ms((d.get('fullsup') or {}).values())} | {frac} |")
+        print(f"| {data} | {q} | {seeds} | {street_tables._fmt(list(sam.values()))} | {street_tables._fmt(list((d.get('cpu_clicks') or {}).values()))} | "
+              f"{paired} | {street_tables._fmt(list((d.get('fullsup') or {}).values()))} | {frac} |")
     print(f"\nnamed (beyond 2 std on both): {summary.get('named')}; aim 0.85 of FullSup on both: {summary.get('aim_085')}")
 
 
@@ -157,7 +140,7 @@ def main() -> None:
     if args.tables:
         lines = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
         runs = [r for r in lines if r.get("row") == ROW and "miou" in r]
-        print_tables(verdict(runs, baselines(args.reuse)), [l for l in lines if l.get("phase") == "labels"])
+        print_tables(verdict(runs, street_tables.load_runs(args.reuse)), [l for l in lines if l.get("phase") == "labels"])
         return
     if args.epochs:
         sr.BUDGET["epochs"] = args.epochs
@@ -192,7 +175,7 @@ def main() -> None:
                                 initargs=init) as pool:
         study = sr.Study(pool, Path(args.out), float("inf"), done=done, runner=_run_sam)
         study.run(jobs)
-    summary = verdict(study.results, baselines(args.reuse))
+    summary = verdict(study.results, street_tables.load_runs(args.reuse))
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"summary": summary, "budget": sr.BUDGET, "seeds": args.seeds, "data": order}) + "\n")
     print(json.dumps(summary, indent=1), flush=True)

@@ -39,13 +39,20 @@ def _fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.1f} ± {statistics.stdev(xs):.1f}"
 
 
-def main(paths: list[str]) -> None:
+def load_runs(paths: list[str]) -> dict:
+    """(data, name, row, seed) -> result line of every finished run in ``paths`` (later files win;
+    none repeats a run)."""
     runs: dict = {}
     for path in paths:
         for line in open(path, encoding="utf-8"):
-            r = json.loads(line)
-            if "miou" in r:  # later files win (none repeats a run)
-                runs[(r["data"], r["name"], r["row"], r["seed"])] = r
+            r = json.loads(line) if line.strip() else {}
+            if "miou" in r:
+                runs[(r.get("data"), r["name"], r["row"], r["seed"])] = r
+    return runs
+
+
+def main(paths: list[str]) -> None:
+    runs = load_runs(paths)
     for data in ("labelmefacade", "camvid"):
         print(f"\n{data}\n")
         print("| run | seed 0 / 1 / 2 | mean ± std | of FullSup (same seeds) |")

@@ -50,6 +50,7 @@ _BUDGET = dict(backbone="efficientnet_lite0", weights="imagenet", output_stride=
 _CPU = dict(_BUDGET, head="deeplabv3+", optimizer="adamw", lr=4e-4, head_lr_mult=10.0, weight_decay=1e-2)
 _CPU_ASPP = dict(_BUDGET, head="aspp-v2", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0)
 _CLICKS = dict(class_balance="sqrt", crf_weight=0.3, pdml=False, extension="none")
+_CPU_CLICKS = {**_CPU, "lr": 8e-4, **_CLICKS}
 
 #: recipe name -> TrainConfig values.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -57,8 +58,8 @@ RECIPES: dict[str, dict[str, Any]] = {
                   lr=2.5e-4, head_lr_mult=10.0, momentum=0.9, weight_decay=5e-4, batch_size=16, crop_size=321,
                   scale_min=0.5, scale_max=1.5, alpha=0.8, beta=1.0),
     "cpu": _CPU,
-    "cpu-clicks": {**_CPU, "lr": 8e-4, **_CLICKS},
-    "cpu-sam": {**_CPU, "lr": 8e-4, **_CLICKS, "label_weight": 1.0},
+    "cpu-clicks": _CPU_CLICKS,
+    "cpu-sam": {**_CPU_CLICKS, "label_weight": 1.0},
     "cpu-aspp": _CPU_ASPP,
     "cpu-aspp-clicks": {**_CPU_ASPP, **_CLICKS},
     "decoder": dict(head="deeplabv3+", optimizer="adamw", lr=2e-4, head_lr_mult=10.0, weight_decay=1e-2),

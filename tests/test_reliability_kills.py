@@ -115,7 +115,6 @@ def test_item8_a_killed_out_copy_leaves_nothing_behind_after_the_next_one(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["R", live.name])
 
 
-
 def test_a_killed_single_file_write_leaves_nothing_behind_after_the_next_one(tmp_path):
     """`export-model --out m.onnx` and the other single-file outputs (io.atomic_file): the next
     write of the same file removes a dead writer's temporary, keeps a live one's and anything else."""
@@ -137,6 +136,7 @@ def test_a_killed_single_file_write_leaves_nothing_behind_after_the_next_one(tmp
         tmp.write_bytes(b"a model")
     assert out.read_bytes() == b"a model"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", live.name, other.name])
+
 
 # ------------------------------------------------------------------------------------------------
 # item 9: a damaged .partial failed on every rerun until --force

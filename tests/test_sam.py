@@ -244,6 +244,7 @@ def test_recipe_cpu_sam_trains_on_a_label_set_and_is_refused_without_one(cache, 
     full = TrainConfig.from_dict({"recipe": "cpu-sam", "supervision": "full", "pdml": False, **small})
     assert full.crf_weight == 0.0 and full.class_balance == "none"
 
+
 def test_cli_extension_labels_superpixel(cache, points):
     from pointparse.cli.main import main
 
