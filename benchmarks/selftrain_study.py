@@ -78,7 +78,9 @@ MS_GAIN, MS_COVERAGE_LOSS = 1.0, 1.0  # points, the multi-scale rule
 
 def _run_selftrain(job: dict) -> dict:
     """A job of this study in a worker: with ``parent`` (the job whose kept model labels the
-    split) the pseudo-labels are made first (kept beside the models, reused by a resumed run)."""
+    split) the pseudo-labels are made first (kept beside the models, reused by a resumed run),
+    combined with the label set in ``other_dir`` where the job names one."""
+    from pointparse.labelset import load_label_set
     from pointparse.points import load_points
     from pointparse.predictor import Predictor
     from pointparse.pseudo_labels import PseudoLabelConfig, write_pseudo_labels
@@ -90,14 +92,16 @@ def _run_selftrain(job: dict) -> dict:
         out = Path(sr._STATE["keep"]) / "pseudo" / sr.job_id(job)
         predictor = Predictor.from_checkpoint(parent, "cpu" if sr._STATE["device"] == "auto" else sr._STATE["device"])
         labels = write_pseudo_labels(predictor, data["train"], load_points(data["points_dir"]),
-                                     PseudoLabelConfig(**job["pseudo"]), out, progress=False)
+                                     PseudoLabelConfig(**job["pseudo"]), out, progress=False,
+                                     other=load_label_set(job["other_dir"]) if job.get("other_dir") else None)
         s = labels.summary
         quality = {k: s.get(k) for k in ("accuracy", "coverage", "labelled_share", "kept_share", "prediction_accuracy")}
         quality["per_class"] = {c: {k: d.get(k) for k in ("accuracy", "coverage", "kept_share")}
                                 for c, d in s["per_class"].items()}
         job = {**job, "labels_dir": str(out)}
     res = sr._run(job)
-    res.pop("labels_dir", None)  # a path of this machine; the set is keep/pseudo/<job id>
+    for path in ("labels_dir", "other_dir"):  # paths of this machine; the set is keep/pseudo/<job id>
+        res.pop(path, None)
     per_epoch = len(data["train"]) // job["config"]["batch_size"]  # drop_last
     res["steps"] = (job["config"]["epochs"] + job.get("epochs_before", 0)) * per_epoch
     if quality is not None:
