@@ -7,7 +7,8 @@ training split's SAM labels, 12 epochs from ImageNet): ``sam_study.py``'s kept m
 0/1/2 in ``--keep`` (``SAM_<data>_..._s<seed>.pt``) and its result lines in ``--reuse``. Round 1
 labels the training split with that model (:func:`pointparse.pseudo_labels.write_pseudo_labels`,
 the ``per-class`` rule at 0.9 / 0.5 and the views of ``selftrain_study``'s multi-scale rule on
-phase Q's lines), combined with the same SAM label set by ``agree``, then trains ``cpu-sam``'s
+phase Q's lines), combined with the same SAM label set (``sam_study.py``'s, found in ``--cache``
+by the key of its labels line in ``--reuse``) by ``agree``, then trains ``cpu-sam``'s
 recipe from ImageNet for 12 epochs on the clicks plus that set (``label_weight`` 1). Its
 ``steps`` count round 0's too (24 epochs' worth).
 
@@ -136,7 +137,8 @@ def main() -> None:
     from pointparse.cache import StageCache
     from pointparse.dataspec import DatasetSpec
     from pointparse.simulate import MakePointsConfig
-    from pointparse.stages.extension_labels import ExtensionLabelsConfig, run_extension_labels
+    from pointparse.datasets import open_dataset
+    from pointparse.labelset import load_label_set
     from pointparse.stages.make_points import run_make_points
 
     roots = dict(d.split("=", 1) for d in args.data)
@@ -150,11 +152,15 @@ def main() -> None:
         spec = DatasetSpec("folder", root, "train")
         pts = run_make_points(spec, MakePointsConfig(), cache, progress=False)
         data[name] = (root, "val", str(pts.path))
-        sam = run_extension_labels(spec, pts.key, ExtensionLabelsConfig(method="sam", device="cpu"), cache,
-                                   progress=False)
-        if not sam.cached:
-            print(f"# {name}: the SAM label set was made now (not sam_study.py's)", flush=True)
-        sam_dirs[name] = str(sam.path)
+        # sam_study.py's set by the key of its labels line: this study's keys move with the files'
+        # times (a re-synced copy of the data), and remaking the sets would cost SAM's 49 min
+        line = next((r for r in reuse if r.get("phase") == "labels" and r.get("data") == name), None)
+        sam_dir = cache.path_for("extension-labels", line["key"]) if line else None
+        if sam_dir is None or not (sam_dir / "manifest.json").is_file():
+            ap.error(f"{name}: sam_study.py's SAM label set is not in --cache {args.cache} (its labels line in --reuse)")
+        if sorted(load_label_set(sam_dir).names) != sorted(open_dataset("folder", root, split="train").names):
+            ap.error(f"{sam_dir}: the SAM label set does not cover {name}'s training split")
+        sam_dirs[name] = str(sam_dir)
     for data_name in DATA:
         for seed in args.seeds:
             parent = Path(args.keep) / f"{sr.job_id(round0(data_name, seed))}.pt"
