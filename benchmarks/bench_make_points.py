@@ -3,7 +3,7 @@
 Generates synthetic scenes (default 256 images of 512x512 with ~15 instances each: ~10 things
 plus stuff components) into a temporary folder, then measures in one run:
 
-  (a)  decode only: ``io.read_label`` on every mask PNG (images/s);
+  (a)  decode only: ``images.read_label`` on every mask PNG (images/s);
   (b)  ``make_points`` with the ``center`` click model, serial;
   (c)  the same with 2 worker processes;
 
@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from pointparse.datasets import CocoDataset, FolderDataset
-from pointparse.io import read_label
+from pointparse.images import read_label
 from pointparse.simulate import MakePointsConfig, image_rng, make_points, simulate_clicks
 from pointparse.pool import fork_pool
 from pointparse.synthetic import SyntheticConfig, generate_scenes
@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
           f"click={args.click}; generated in {gen_s:.1f} s; best of {args.repeat}; "
           f"{os.cpu_count()} CPUs, load average {load1:.1f}/{load5:.1f}")
     print(f"{'measurement':<40}{'seconds':>9}{'images/s':>10}{'ratio to (a)':>14}")
-    rows = [("(a) decode masks (io.read_label)", decode_s),
+    rows = [("(a) decode masks (images.read_label)", decode_s),
             ("    dataset.load only (breakdown)", load_s),
             ("    click simulation only (breakdown)", clicks_s),
             ("(b) make-points serial", serial_s),

@@ -1,4 +1,5 @@
-"""Reading and writing images, label maps and files, with errors that name the file.
+"""Reading and writing files, with errors that name the file (images and label maps:
+:mod:`pointparse.images`).
 
 Every writer here is atomic: it writes a temporary sibling and ``os.replace``s it into place, so
 an interrupted run never leaves a file that looks complete. Checkpoints, label maps and images
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io as _io
 import json
 import os
 import re
@@ -19,138 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
-from PIL import Image, UnidentifiedImageError
-
 from .errors import DataError
 from .oserrors import no_space
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _open(path: Path) -> Image.Image:
-    if not path.exists():
-        raise DataError(path, "file does not exist")
-    try:
-        img = Image.open(path)
-        img.load()
-    except Image.DecompressionBombError as exc:
-        raise DataError(path, _bomb(exc)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(path, f"cannot decode image file ({exc.__class__.__name__}: {exc})") from None
-    return img
-
-
-def _bomb(exc: Exception) -> str:
-    # PIL refuses images over twice Image.MAX_IMAGE_PIXELS (a decompression bomb guard)
-    return f"image is too large to decode safely ({exc}); shrink it, or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(height, width) of an image, reading only its header."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "file does not exist")
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-    except Image.DecompressionBombError as exc:
-        raise DataError(path, _bomb(exc)) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise DataError(path, f"cannot read image header ({exc.__class__.__name__}: {exc})") from None
-    return h, w
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """An RGB image as ``uint8`` [H, W, 3]."""
-    img = _open(Path(path))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img)
-
-
-def read_label(path: str | Path) -> np.ndarray:
-    """A single-channel label PNG as an integer array [H, W].
-
-    Palette ("P") PNGs give their indices, not colours; 16-bit PNGs keep 16 bits. RGB label files
-    are refused: a colour-coded mask must be converted to ids first (the error says so).
-    """
-    path = Path(path)
-    img = _open(path)
-    if img.mode in ("L", "P"):
-        return np.asarray(img, dtype=np.uint8) if img.mode == "L" else np.asarray(img).astype(np.uint8)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        return np.asarray(img).astype(np.int32)
-    raise DataError(
-        path,
-        f"label image has mode {img.mode!r}; expected single-channel class ids (L, P or 16-bit). "
-        "Convert colour-coded masks to id PNGs first",
-    )
-
-
-def read_rgb_label(path: str | Path) -> np.ndarray:
-    """A colour-coded label PNG as ``uint8`` [H, W, 3] (ADE20K instance files encode ids in R/G)."""
-    img = _open(Path(path))
-    if img.mode != "RGB":
-        img = img.convert("RGB")
-    return np.asarray(img)
-
-
-#: Colour of ignore (255) pixels in figures and palette PNGs: the PASCAL VOC colour map's entry 255
-#: (VOC's own void colour). No class gets it: see :func:`ignore_colour`.
-IGNORE_COLOUR = (224, 224, 192)
-
-
-def ignore_colour(palette=None) -> tuple[int, int, int]:
-    """The colour to show ignore (255) pixels with, next to the class colours ``palette`` [C, 3].
-
-    :data:`IGNORE_COLOUR` unless one of the classes (``palette[:255]``) has that colour; then the
-    first grey ``(v, v, v)``, v = 255 down to 0, no class has (255 classes cannot use all 256), so
-    ignore never looks like a class in a figure or a label PNG.
-    """
-    if palette is None or len(palette) == 0:
-        return IGNORE_COLOUR
-    used = {tuple(int(v) for v in c) for c in np.asarray(palette, dtype=np.int64).reshape(-1, 3)[:255]}
-    for colour in (IGNORE_COLOUR, *((v, v, v) for v in range(255, -1, -1))):
-        if colour not in used:
-            return colour
-    raise AssertionError("unreachable: at most 255 class colours")
-
-
-def write_label_png(path: str | Path, label: np.ndarray, palette: np.ndarray | None = None) -> None:
-    """Write a uint8 class-id map [H, W] atomically, as a palette PNG when a palette is given.
-
-    A palette PNG shows colours in any viewer yet still decodes to the raw ids, which answers the
-    common "my label PNGs look black" complaint. Entries ``0..C-1`` are the class colours
-    (``palette[:255]``); entry 255 (ignore) is always :func:`ignore_colour` of them.
-    """
-    label = np.asarray(label)
-    if label.dtype != np.uint8:
-        if label.min(initial=0) < 0 or label.max(initial=0) > 255:
-            raise ValueError("label values must fit in uint8")
-        label = label.astype(np.uint8)
-    img = Image.fromarray(label, mode="L")
-    if palette is not None:
-        classes = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)[:255]
-        pal = np.zeros((256, 3), dtype=np.uint8)
-        pal[: len(classes)] = classes
-        pal[255] = ignore_colour(classes)
-        img = img.convert("P")
-        img.putpalette(pal.reshape(-1).tolist())
-    buf = _io.BytesIO()  # encoded first: a full disk then says how much the file needed
-    img.save(buf, format="PNG")
-    write_bytes(path, buf.getvalue())
-
-
-def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:
-    """Write an RGB ``uint8`` [H, W, 3] image atomically (format from the suffix)."""
-    path = Path(path)
-    fmt = "JPEG" if path.suffix.lower() in (".jpg", ".jpeg") else "PNG"
-    kwargs = {"quality": quality} if fmt == "JPEG" else {}
-    buf = _io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buf, format=fmt, **kwargs)
-    write_bytes(path, buf.getvalue())
-
 
 #: the one call every checked write goes through (tests make it raise ENOSPC to fill the disk)
 _os_write = os.write
@@ -400,8 +270,3 @@ def read_json(path: str | Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(path, f"not valid JSON ({exc})") from None
-
-
-def list_images(folder: Path) -> list[Path]:
-    """Image files directly inside ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

@@ -10,7 +10,7 @@ layout, so the trainer reads one format:
 * ``labels/<name>.png`` — a palette PNG of ``uint8`` class ids ``0..C-1``, **255 = unlabelled**,
   the size of the image it labels.
 
-Writing is resumable: each PNG is renamed into place whole (:func:`pointparse.io.write_label_png`),
+Writing is resumable: each PNG is renamed into place whole (:func:`pointparse.images.write_label_png`),
 so after a kill :meth:`LabelSetWriter.has` tells which images are done and a stage building into
 its ``.partial`` folder continues with the rest.
 
@@ -29,7 +29,8 @@ import numpy as np
 from . import IGNORE_INDEX
 from .datasets import DatasetInfo, SegmentationDataset
 from .errors import DataError
-from .io import image_size, read_json, read_label, safe_name, write_json, write_label_png
+from .images import image_size, read_label, write_label_png
+from .io import read_json, safe_name, write_json
 
 LABELS_JSON = "labels.json"
 LABELS_DIR = "labels"

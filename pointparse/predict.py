@@ -35,8 +35,8 @@ from tqdm import tqdm
 
 from .datasets import DatasetInfo
 from .errors import ConfigError, DataError
-from .io import (IMAGE_SUFFIXES, check_out_dir, image_size, list_images, mark_out_dir, read_image, write_image,
-                 write_label_png)
+from .images import IMAGE_SUFFIXES, image_size, list_images, read_image, write_image, write_label_png
+from .io import check_out_dir, mark_out_dir
 from .predictor import Predictor
 from .runtime import autocast_dtype, resolve_device
 from .transforms import normalise

@@ -26,7 +26,7 @@ from . import IGNORE_INDEX
 from .datasets import Instances, SegmentationDataset
 from .errors import ConfigError, DataError, unknown_choice
 from .instances import find_instances
-from .io import write_label_png
+from .images import write_label_png
 from .points import point_label_map, write_points_artefact
 from .pool import fork_pool, worker_count
 

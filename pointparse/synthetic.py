@@ -40,7 +40,8 @@ from PIL import Image
 
 from .errors import ConfigError
 from .fields import check_fields
-from .io import atomic_dir, write_label_png
+from .images import write_label_png
+from .io import atomic_dir
 
 STUFF_CLASSES = ("sky", "wall", "grass", "road", "water")
 THING_CLASSES = ("ball", "box", "kite", "pole")

@@ -17,7 +17,8 @@ from pointparse.cli.clicks import export_points_cmd, import_clicks_cmd
 from pointparse.clicks import CLICK_FORMATS, export_points, import_clicks, pixel_index
 from pointparse.datasets import open_dataset
 from pointparse.errors import ConfigError, DataError
-from pointparse.io import read_json, read_label
+from pointparse.images import read_label
+from pointparse.io import read_json
 from pointparse.dataspec import DatasetSpec, open_spec
 from pointparse.points import load_points
 from pointparse.simulate import MakePointsConfig, make_points

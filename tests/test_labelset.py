@@ -11,7 +11,7 @@ import pytest
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import FolderDataset
 from pointparse.errors import DataError
-from pointparse.io import write_image, write_label_png
+from pointparse.images import write_image, write_label_png
 from pointparse.labelset import (LABELS_JSON, LabelSetDataset, LabelSetWriter, check_label_set, label_quality, load_label_set,
                                  quality_summary)
 

@@ -1,5 +1,5 @@
 """No class shares the ignore colour: figures (``report.qualitative.colorize``) and palette PNGs
-(``io.write_label_png``), for a folder dataset without a palette whose class 0 is a real class."""
+(``images.write_label_png``), for a folder dataset without a palette whose class 0 is a real class."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from PIL import Image
 
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import default_palette, open_dataset
-from pointparse.io import IGNORE_COLOUR, ignore_colour, write_label_png
+from pointparse.images import IGNORE_COLOUR, ignore_colour, write_label_png
 from pointparse.report.qualitative import colorize
 
 

@@ -14,7 +14,7 @@ from scipy import ndimage
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import FolderDataset, Instances
 from pointparse.errors import ConfigError, DataError
-from pointparse.io import read_label, write_image, write_label_png
+from pointparse.images import read_label, write_image, write_label_png
 from pointparse.instances import _contour_depths, find_instances
 from pointparse.points import load_points, point_label_map
 from pointparse.simulate import CLICK_MODELS, MakePointsConfig, image_rng, make_points, simulate_clicks

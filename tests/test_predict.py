@@ -17,7 +17,7 @@ from pointparse.cache import StageCache
 from pointparse.cli.predict import export_model_cmd, predict_cmd
 from pointparse.errors import ConfigError, DataError
 from pointparse.export import export_model, export_program, load_exported_metadata
-from pointparse.io import read_label
+from pointparse.images import read_label
 from pointparse.model import upsample_logits
 from pointparse.simulate import MakePointsConfig
 from pointparse.predict import collect_inputs, load_for_inference, parse_scales, predict, predict_probs

@@ -18,7 +18,7 @@ from pointparse.confidence import (BINS_PER_NAT, SCORE_BINS, bin_of, class_thres
                                    top_share_bins)
 from pointparse.datasets import FolderDataset
 from pointparse.errors import ConfigError
-from pointparse.io import write_image, write_label_png
+from pointparse.images import write_image, write_label_png
 from pointparse.labelset import LabelSetWriter, check_label_set, label_quality, load_label_set
 from pointparse.points import PointSet
 from pointparse.predictor import Predictor

@@ -274,7 +274,7 @@ def test_a_decompression_bomb_is_one_error_naming_the_file(tmp_path, monkeypatch
     from PIL import Image
 
     from pointparse.errors import DataError
-    from pointparse.io import image_size, read_image, read_label
+    from pointparse.images import image_size, read_image, read_label
 
     path = tmp_path / "bomb.png"
     Image.fromarray(np.zeros((40, 40), np.uint8)).save(path)

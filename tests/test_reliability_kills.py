@@ -430,7 +430,7 @@ def test_item4_checked_writes_keep_their_bytes(tmp_path):
     import torch
 
     from pointparse.checkpoint import save_checkpoint
-    from pointparse.io import write_image, write_label_png
+    from pointparse.images import write_image, write_label_png
 
     obj = {"format": "x", "w": torch.arange(70000, dtype=torch.float32), "t": (1, 2)}
     with open(tmp_path / "plain.pt", "wb") as fh:

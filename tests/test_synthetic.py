@@ -12,7 +12,7 @@ from PIL import Image
 from pointparse import IGNORE_INDEX
 from pointparse.datasets import FolderDataset
 from pointparse.errors import ConfigError
-from pointparse.io import read_label
+from pointparse.images import read_label
 from pointparse.synthetic import (
     CLASSES,
     PALETTE,

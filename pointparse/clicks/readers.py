@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..errors import DataError
-from ..io import read_json, read_label
+from ..images import read_label
+from ..io import read_json
 
 # -- raw clicks as read from a file ---------------------------------------------------------------
 

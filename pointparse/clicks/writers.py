@@ -11,7 +11,8 @@ import numpy as np
 
 from ..datasets import DatasetInfo
 from ..errors import DataError
-from ..io import atomic_file, atomic_out_dir, safe_name, write_json, write_label_png
+from ..images import write_label_png
+from ..io import atomic_file, atomic_out_dir, safe_name, write_json
 from ..oserrors import describe_os_error
 from ..points import PointSet
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..errors import DataError
-from ..io import list_images, read_rgb_label
+from ..images import list_images, read_rgb_label
 from .base import StemPairedDataset, check_instance_size, check_raw_range, label_lut, pair_by_stem, require_dir
 from .classes import DatasetInfo, load_descriptor
 

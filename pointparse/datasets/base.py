@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import IGNORE_INDEX
 from ..errors import DataError
-from ..io import image_size, read_image, read_label
+from ..images import image_size, read_image, read_label
 from .classes import DatasetInfo
 
 

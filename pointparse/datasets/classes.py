@@ -69,7 +69,7 @@ def default_palette(n: int) -> tuple[tuple[int, int, int], ...]:
     """The PASCAL VOC bit-interleaved colour map, extended to ``n`` colours (``n <= 255``).
 
     Class 0 gets VOC's black like any class; ignore (255) is drawn in the map's own entry 255,
-    (224, 224, 192) (:data:`pointparse.io.IGNORE_COLOUR`), which the map gives no other index,
+    (224, 224, 192) (:data:`pointparse.images.IGNORE_COLOUR`), which the map gives no other index,
     so no class shares the ignore colour in figures or palette PNGs.
     """
     out = []

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..io import list_images
+from ..images import list_images
 from .base import StemPairedDataset, check_class_ids, label_lut, pair_by_stem, require_dir
 from .classes import DatasetInfo, default_palette, parse_classes_file, read_text
 

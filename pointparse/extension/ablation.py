@@ -26,7 +26,8 @@ from ..cache import StageCache
 from ..datasets import Sample, SegmentationDataset
 from ..errors import ConfigError
 from ..evaluate import EvalConfig, predict_logits
-from ..io import safe_name, write_image, write_json
+from ..images import write_image
+from ..io import safe_name, write_json
 from ..points import PointSet
 from ..predictor import Predictor
 from ..sam.labeller import SamLabeller

@@ -1,7 +1,7 @@
 """The qualitative grid (paper Figures 5–6): image, ground truth and each run's prediction.
 
 Class maps are uint8/int [H, W] class ids with 255 = ignore; they are drawn with the dataset's
-palette (:func:`colorize`), ignored pixels in :func:`~pointparse.io.ignore_colour`.
+palette (:func:`colorize`), ignored pixels in :func:`~pointparse.images.ignore_colour`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from .. import IGNORE_INDEX
-from ..io import ignore_colour
+from ..images import ignore_colour
 from .plots import save_png
 
 
 def colorize(label: np.ndarray, palette: Sequence[Sequence[int]]) -> np.ndarray:
     """uint8 [H, W, 3] colours of a class-id map [H, W]; 255 (ignore) and ids beyond the palette get
-    :func:`~pointparse.io.ignore_colour` (VOC's void colour (224, 224, 192), never a class's)."""
+    :func:`~pointparse.images.ignore_colour` (VOC's void colour (224, 224, 192), never a class's)."""
     pal = np.asarray(palette, np.uint8).reshape(-1, 3)[:IGNORE_INDEX]
     lut = np.zeros((256, 3), np.uint8)
     lut[:] = ignore_colour(pal)
