@@ -5,8 +5,10 @@ argmax on pre-loaded tensors; evaluate = the full :func:`pointparse.evaluate.eva
 reading the images and masks from disk (on CPU a decoding thread overlaps it with inference).
 For each intra-op thread count (``torch.set_num_threads``, default 1 and 2) both are warmed up,
 then run in ``--rounds`` alternating rounds; the ratio of the best throughputs is printed with
-the range of the per-round ratios (target >= 0.95). The confusion matrix of every evaluate run
-is checked against the one the bare pass gives: the metrics must not change.
+the range of the per-round ratios (target >= 0.95), and beside it the ratio with PIL decoding
+every file (no OpenCV path, :mod:`pointparse.images`), measured in the same rounds. The
+confusion matrix of every evaluate run is checked against the one the bare pass gives: the
+metrics must not change.
 
     python benchmarks/bench_evaluate.py --images 40 --size 256 --threads 1 2 --rounds 5
 """
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from pointparse import images
 from pointparse.datasets import open_dataset
 from pointparse.evaluate import EvalConfig, evaluate_model, predict_logits
 from pointparse.evaluate import ConfusionMatrix
@@ -76,6 +79,13 @@ def main() -> None:
             if not torch.equal(cm.mat, reference[torch.get_num_threads()]):
                 raise SystemExit("evaluate's confusion matrix differs from bare inference's")
 
+        def full_pil():  # the decoding before OpenCV's path (pointparse.images): PIL for every file
+            flags, images._OPENCV_FLAGS = images._OPENCV_FLAGS, None
+            try:
+                full()
+            finally:
+                images._OPENCV_FLAGS = flags
+
         def timed(fn) -> float:
             t0 = time.perf_counter()
             fn()
@@ -88,23 +98,26 @@ def main() -> None:
         for threads in args.threads:
             torch.set_num_threads(threads)
             confusion_of_bare()  # also the warm-up: oneDNN builds its kernels on the first passes
-            timed(bare), timed(full)
-            bares, fulls = [], []
+            timed(bare), timed(full), timed(full_pil)
+            bares, fulls, pils = [], [], []
             for _ in range(args.rounds):
                 bares.append(timed(bare))
                 fulls.append(timed(full))
+                pils.append(timed(full_pil))
             paired = sorted(b / f for b, f in zip(bares, fulls))
-            results.append((threads, len(ds) / min(bares), len(ds) / min(fulls), min(bares) / min(fulls), paired))
+            results.append((threads, len(ds) / min(bares), len(ds) / min(fulls), min(bares) / min(fulls), paired,
+                            min(bares) / min(pils)))
         torch.set_num_threads(before)
     load1, load5, _ = os.getloadavg()
     print(f"{args.images} images {args.size}px, {args.backbone}, {dev}, {loader_workers(cfg.workers, dev)} loader "
           f"process(es){' (decoding thread)' if loader_workers(cfg.workers, dev) == 0 else ''}; {args.rounds} alternating "
           f"rounds after a warm-up; {os.cpu_count()} CPUs, load average {load1:.1f}/{load5:.1f}; "
           f"confusion matrices identical to bare inference's: True")
-    print(f"{'intra-op threads':<18}{'bare img/s':>12}{'evaluate img/s':>16}{'ratio (best)':>14}  per-round ratios")
-    for threads, b, f, r, paired in results:
+    print(f"{'intra-op threads':<18}{'bare img/s':>12}{'evaluate img/s':>16}{'ratio (best)':>14}  per-round ratios"
+          f"{'PIL-only decoding ratio':>28}")
+    for threads, b, f, r, paired, pil in results:
         print(f"{threads:<18}{b:>12.2f}{f:>16.2f}{r:>14.3f}  {paired[0]:.3f}-{paired[-1]:.3f} "
-              f"(median {paired[len(paired) // 2]:.3f})")
+              f"(median {paired[len(paired) // 2]:.3f}){pil:>12.3f}")
     print("target: ratio >= 0.95")
 
 

@@ -1,8 +1,8 @@
 """Decoding and encoding images and label maps, with errors that name the file.
 
 RGB images decode through OpenCV where it gives PIL's pixels exactly (8-bit RGB or grey PNG and
-JPEG, a complete file): 2x faster on CamVid's PNG frames (4.4 vs 8.9 ms on a busy machine), 1.1x
-on LabelMeFacade's JPEGs. Every
+JPEG, a complete file): ~2x faster (``benchmarks/bench_decode.py``, idle: CamVid's PNG frames
+1.29 vs 2.54 ms, LabelMeFacade's JPEGs 1.73 vs 3.50, ADE20K's 0.91 vs 1.91). Every
 other file, and any file OpenCV refuses, goes through PIL, whose errors the messages quote.
 Writers are atomic (:func:`pointparse.io.write_bytes`).
 """
