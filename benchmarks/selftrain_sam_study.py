@@ -110,6 +110,33 @@ def verdict(results: list[dict], reuse: list[dict]) -> dict:
     return out
 
 
+def print_tables(summary: dict, runs: list[dict]) -> None:
+    """README Results' rows (markdown) from :func:`verdict`'s summary and the round-1 lines."""
+    fmt = street_tables._fmt
+
+    def seeds(d):
+        d = {int(k): v for k, v in (d or {}).items()}
+        return " / ".join(f"{d[s]:.1f}" if s in d else "–" for s in (0, 1, 2))
+
+    def paired(p):
+        return (", ".join(f"{x:+.1f}" for x in p["diffs"]) + f" = {fmt(p['diffs'])}") if p["diffs"] else "–"
+
+    print("| dataset | round-1 labels: accuracy / coverage | round 1 seeds 0 / 1 / 2 | mean ± std | round 0 "
+          "(`cpu-sam`, 12 ep.) | round 1 − round 0 | `cpu-sam` 24 ep. | round 1 − `cpu-sam` 24 ep. | FullSup 24 ep. "
+          "| round 1 of FullSup 24 ep. |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for data in DATA:
+        d = summary[data]
+        q = [r["pseudo_quality"] for r in runs if r.get("data") == data and r.get("row") == ROW and r.get("pseudo_quality")]
+        lab = (f"{100 * statistics.mean(x['accuracy'] for x in q):.1f} / {100 * statistics.mean(x['coverage'] for x in q):.1f} %"
+               if q else "–")
+        frac = f"{d['of_fullsup_24']:.2f}" if d.get("of_fullsup_24") else "–"
+        print(f"| {data} | {lab} | {seeds(d['round1'])} | {fmt(list(d['round1'].values()))} | "
+              f"{fmt(list(d['round0'].values()))} | {paired(d['vs_round0'])} | {fmt(list(d['cpu_sam_24'].values()))} | "
+              f"{paired(d['vs_cpu_sam_24'])} | {fmt(list(d['fullsup_24'].values()))} | {frac} |")
+    print(f"\nnamed (beyond 2 std over cpu-sam at 24 epochs on both): {summary['named']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, metavar="NAME=ROOT")
@@ -123,7 +150,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEED_ORDER))
     ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
     ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--verdict", action="store_true", help="print the rule's verdict from --out, run nothing")
+    ap.add_argument("--verdict", action="store_true", help="print the rule's verdict and README's rows from --out, "
+                                                           "run nothing")
     args = ap.parse_args()
     reuse = [json.loads(l) for f in args.reuse for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
     done = []
@@ -131,7 +159,10 @@ def main() -> None:
         done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
     epochs = sr.BUDGET["epochs"]
     if args.verdict:
-        print(json.dumps(verdict([r for r in done if "miou" in r], reuse), indent=1))
+        runs = [r for r in done if "miou" in r]
+        summary = verdict(runs, reuse)
+        print(json.dumps(summary, indent=1))
+        print_tables(summary, runs)
         return
 
     from pointparse.cache import StageCache
