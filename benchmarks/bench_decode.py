@@ -8,8 +8,10 @@ prints ms per image (best round) and the ratio, and checks the pixels are identi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -22,31 +24,36 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=40, help="first N images of each folder")
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    opencv = images._OPENCV_FLAGS
 
-    def per_image(paths, flags) -> float:
-        images._OPENCV_FLAGS = flags
+    def per_image(paths) -> float:
         t0 = time.perf_counter()
         for p in paths:
             images.read_image(p)
-        images._OPENCV_FLAGS = opencv
         return 1e3 * (time.perf_counter() - t0) / len(paths)
+
+    def pil_ms(paths) -> float:
+        with pil_only():
+            return per_image(paths)
 
     print(f"{'folder':<40}{'images':>7}{'read_image ms':>15}{'PIL ms':>9}{'speed-up':>10}  identical")
     for folder in args.folders:
         paths = images.list_images(folder)[:args.images]
         if not paths:
             raise SystemExit(f"{folder}: no images")
-        same = all(np.array_equal(images.read_image(p), _pil(p)) for p in paths)
-        fast, slow = zip(*[(per_image(paths, opencv), per_image(paths, None)) for _ in range(args.rounds)])
+        with pil_only():
+            reference = [images.read_image(p) for p in paths]
+        same = all(np.array_equal(images.read_image(p), ref) for p, ref in zip(paths, reference))
+        fast, slow = zip(*[(per_image(paths), pil_ms(paths)) for _ in range(args.rounds)])
         print(f"{str(folder)[-40:]:<40}{len(paths):>7}{min(fast):>15.2f}{min(slow):>9.2f}"
               f"{min(slow) / min(fast):>9.2f}x  {same}")
 
 
-def _pil(path) -> np.ndarray:
+@contextlib.contextmanager
+def pil_only() -> Iterator[None]:
+    """``read_image`` as before its OpenCV path: PIL for every file (bench_evaluate uses it too)."""
     flags, images._OPENCV_FLAGS = images._OPENCV_FLAGS, None
     try:
-        return images.read_image(path)
+        yield
     finally:
         images._OPENCV_FLAGS = flags
 

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import torch
 
-from pointparse import images
 from pointparse.datasets import open_dataset
 from pointparse.evaluate import EvalConfig, evaluate_model, predict_logits
 from pointparse.evaluate import ConfusionMatrix
@@ -31,6 +30,8 @@ from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from pointparse.pool import loader_workers
 from pointparse.synthetic import SyntheticConfig, generate_scenes
 from pointparse.transforms import EvalSamples
+
+from bench_decode import pil_only
 
 
 def main() -> None:
@@ -80,11 +81,8 @@ def main() -> None:
                 raise SystemExit("evaluate's confusion matrix differs from bare inference's")
 
         def full_pil():  # the decoding before OpenCV's path (pointparse.images): PIL for every file
-            flags, images._OPENCV_FLAGS = images._OPENCV_FLAGS, None
-            try:
+            with pil_only():
                 full()
-            finally:
-                images._OPENCV_FLAGS = flags
 
         def timed(fn) -> float:
             t0 = time.perf_counter()

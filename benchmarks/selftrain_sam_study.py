@@ -166,10 +166,10 @@ def main() -> None:
         return
 
     from pointparse.cache import StageCache
-    from pointparse.dataspec import DatasetSpec
-    from pointparse.simulate import MakePointsConfig
     from pointparse.datasets import open_dataset
+    from pointparse.dataspec import DatasetSpec
     from pointparse.labelset import load_label_set
+    from pointparse.simulate import MakePointsConfig
     from pointparse.stages.make_points import run_make_points
 
     roots = dict(d.split("=", 1) for d in args.data)

@@ -80,7 +80,10 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file does not exist")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # a folder, no permission: one DataError, as PIL's open gave
+        raise DataError(path, f"cannot decode image file ({exc.__class__.__name__}: {exc})") from None
     img = _decode(_io.BytesIO(data), path, load=False)
     if (_OPENCV_FLAGS is not None and (img.format, img.mode) in _OPENCV_DECODES
             and data.endswith(_FILE_ENDS[img.format])):
