@@ -149,10 +149,23 @@ class SelfTrainStudy(sr.Study):
     def __init__(self, *a, reuse: list[dict], keep: str, **kw):
         super().__init__(*a, runner=_run_selftrain, **kw)
         self.reuse, self.keep = reuse, keep
-        # a resumed run counts only with its kept model (any run may label a later round's
-        # images); one whose model is gone (another machine, a cleaned folder) is trained again
-        # and appends a second line, the later of which is the one to read
-        self.done = [r for r in self.done if (Path(keep) / f"{sr.job_id(r)}.pt").exists()]
+
+    def kept(self, job: dict) -> bool:
+        return (Path(self.keep) / f"{sr.job_id(job)}.pt").exists()
+
+    def known(self, job: dict) -> bool:
+        """A result for ``job`` is at hand (this invocation's, or a resumed line)."""
+        return any(sr._same_job(r, job) and "miou" in r for r in self.results + self.done)
+
+    def ensure_models(self, jobs: list[dict]) -> None:
+        """Make sure each job's model is kept: a later round labels its images with it. A resumed
+        result whose model is gone (another machine, a cleaned folder) still counts as a result,
+        but the job is trained again when its model is needed, appending a second line (the later
+        one is the one to read)."""
+        gone = [j for j in jobs if not self.kept(j)]
+        self.done = [r for r in self.done if not any(sr._same_job(r, j) for j in gone)]
+        self.results = [r for r in self.results if not any(sr._same_job(r, j) for j in gone)]
+        self.run(jobs)
 
     def run(self, jobs: list[dict]) -> list[dict]:
         """As :meth:`study_runner.Study.run`, skipping the jobs this invocation has already run
@@ -166,17 +179,21 @@ class SelfTrainStudy(sr.Study):
             job = round0(data, seed)
             mine = next((r for r in self.results if sr._same_job(r, {**job, "phase": "R0"})), None)
             old = next((r for r in self.reuse if sr._same_job(r, job) and "miou" in r), None)
-            if mine is not None:
-                job = {**job, "phase": "R0"}
-            elif old is not None and (Path(self.keep) / f"{sr.job_id(job)}.pt").exists():
+            if old is not None and self.kept(job) and mine is None:
                 self.results.append(old)
                 print(f"# round 0 reused {sr.job_id(job)}: mIoU {old['miou']:.1f}", flush=True)
             else:
                 job = {**job, "phase": "R0"}
                 todo.append(job)
             out[(data, seed)] = job
-        self.run(todo)
+        self.ensure_models(todo)
         return out
+
+    def parents(self, pairs: list[tuple[str, int]], settled) -> dict:
+        """Round 0 of each (dataset, seed) pair, its model made sure of only where
+        ``settled(round-0 job)`` is false (a later job still needs it)."""
+        out = {(d, s): round0(d, s) for d, s in pairs}
+        return {**out, **self.ensure_round0([p for p in pairs if not settled(out[p])])}
 
 
 def mean_rank(results: list[dict], names: list[str]) -> dict:
@@ -191,7 +208,8 @@ def mean_rank(results: list[dict], names: list[str]) -> dict:
 
 
 def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
-    r0 = study.ensure_round0([(d, SCREEN_SEED) for d in DATA])
+    r0 = study.parents([(d, SCREEN_SEED) for d in DATA],
+                       lambda p: all(study.known(round_n(p, rule, views, 1)) for rule in RULES))
     screen = [round_n(r0[(d, SCREEN_SEED)], rule, views, 1) for d in DATA for rule in RULES]  # short runs first
     study.run(screen)
     names = [f"r1 {rule} {views}" for rule in RULES]
@@ -201,11 +219,15 @@ def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
     rule = best.split(" ")[1] if best else DEFAULT_RULE
     print(f"# rule screen: mean ranks {ranks}; rule {rule}", flush=True)
     for seed in seeds:
-        r0 = study.ensure_round0([(d, seed) for d in DATA])
-        r1 = {d: round_n(r0[(d, seed)], rule, views, 1) for d in DATA}
+        r1_of = lambda p: round_n(p, rule, views, 1)  # noqa: E731
+        # round 0 is needed unless round 1 has a result and round 2 either has one or round 1's model
+        r0 = study.parents([(d, seed) for d in DATA], lambda p: study.known(r1_of(p)) and (
+            study.kept(r1_of(p)) or study.known(round_n(r1_of(p), rule, views, 2))))
+        r1 = {d: r1_of(r0[(d, seed)]) for d in DATA}
         study.run([*r1.values(),
                    *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 2 * EPOCHS) for d in DATA],
                    *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 2 * EPOCHS) for d in DATA]])
+        study.ensure_models([r1[d] for d in DATA if not study.known(round_n(r1[d], rule, views, 2))])
         study.run([*[round_n(r1[d], rule, views, 2) for d in DATA],
                    *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 3 * EPOCHS) for d in DATA],
                    *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 3 * EPOCHS) for d in DATA]])
