@@ -231,7 +231,8 @@ def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
         study.run([*[round_n(r1[d], rule, views, 2) for d in DATA],
                    *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 3 * EPOCHS) for d in DATA],
                    *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 3 * EPOCHS) for d in DATA]])
-    return {"plan": "selftrain", "views": views, "rule_ranks": ranks, "rule": rule}
+    return {"plan": "selftrain", "views": views, "rule_ranks": ranks, "rule": rule,
+            "runs_not_started": study.not_started}  # > 0: a deadline cut this invocation short
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ class Study:
         self.max_jobs = max_jobs
         self.results: list[dict] = []
         self.done = done or []  # results of an earlier, killed invocation (--resume)
+        self.not_started = 0  # jobs the deadline skipped: a summary written after it is partial
 
     def run(self, jobs: list[dict]) -> list[dict]:
         """Run jobs (in order of priority); those not started by the deadline are skipped, those
@@ -151,6 +152,7 @@ class Study:
             fill()
         left = sum(1 for _ in pending)
         if left:
+            self.not_started += left
             print(f"# deadline passed: {left} runs not started", flush=True)
         return done
 
