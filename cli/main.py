@@ -17,7 +17,7 @@ import click
 from pointparse.cache import StageCache
 
 from .options import (cache_option, content_option, dataset_options, echo_result, force_option, friendly,
-                      parse_kv, quiet_option, spec_from_options)
+                      parse_kv, quiet_option, spec_from_options, window_options)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -151,7 +151,7 @@ def train_cmd(kind, root, split, options, points_ref, labels_ref, sets, val_spli
 @click.argument("checkpoint")
 @dataset_options
 @click.option("--flip", is_flag=True, help="Average with the horizontally flipped image.")
-@click.option("--window", default=0, type=int, help="Sliding-window crop size (0 = whole image).")
+@window_options
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="auto", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @cache_option
@@ -159,8 +159,8 @@ def train_cmd(kind, root, split, options, points_ref, labels_ref, sets, val_spli
 @content_option
 @quiet_option
 @friendly
-def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, device, cache_dir, force, content_hash,
-                 quiet):
+def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, window_stride, amp, device, cache_dir, force,
+                 content_hash, quiet):
     """Evaluate CHECKPOINT (a train artefact folder, key, or model.pt) on a split with dense labels.
 
     Writes metrics.json (mIoU, pixel accuracy, protocol), per_class_iou.csv and confusion.npy.
@@ -169,7 +169,7 @@ def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, amp, devi
     from pointparse.stages.evaluate import run_evaluate
 
     res = run_evaluate(checkpoint, spec_from_options(kind, root, split, options),
-                       EvalConfig(flip=flip, window=window, amp=amp, device=device), StageCache(cache_dir),
+                       EvalConfig(flip=flip, window=window, window_stride=window_stride, amp=amp, device=device), StageCache(cache_dir),
                        force=force, content_hash=content_hash, progress=not quiet)
     echo_result(res, "evaluate")
     s = res.manifest.get("summary", {})

@@ -67,6 +67,13 @@ def echo_result(result, what: str) -> None:
     click.echo(f"{what}: {state} artefact {result.path}  (key {result.key[:12]})")
 
 
+def window_options(fn):
+    """``--window N --window-stride S``: sliding-window inference (EvalConfig / PseudoLabelConfig fields)."""
+    fn = click.option("--window-stride", default=0, type=int,
+                      help="Step between windows (0 = 2/3 of --window; at most --window).")(fn)
+    return click.option("--window", default=0, type=int, help="Sliding-window crop size (0 = whole image).")(fn)
+
+
 cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                             help=f"Cache root (default: ${CACHE_ENV} or ./.pointparse-cache).")
 force_option = click.option("--force", is_flag=True, help="Recompute even when a cached artefact matches.")

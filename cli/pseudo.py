@@ -8,7 +8,7 @@ import click
 from pointparse.cache import StageCache
 
 from .options import cache_option, content_option, dataset_options, echo_result, force_option, friendly, quiet_option
-from .options import spec_from_options
+from .options import spec_from_options, window_options
 
 
 @click.command("pseudo-labels")
@@ -28,7 +28,7 @@ from .options import spec_from_options
                    "other set where the arg-max agrees, confident pixels where it is silent).")
 @click.option("--scales", default="1", show_default=True, help="Comma-separated test scales, e.g. 0.75,1,1.25 (probabilities averaged).")
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Average with the horizontally flipped image.")
-@click.option("--window", default=0, type=int, help="Sliding-window crop size (0 = whole image).")
+@window_options
 @click.option("--amp", type=click.Choice(["auto", "off", "bf16", "fp16"]), default="off", show_default=True,
               help="Autocast for inference (off: bf16 logits would tie the confidence scores).")
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
@@ -38,7 +38,7 @@ from .options import spec_from_options
 @quiet_option
 @friendly
 def pseudo_labels_cmd(checkpoint, points_ref, kind, root, split, options, labels_ref, rule, threshold, share, combine,
-                      scales, flip, window, amp, device, cache_dir, force, content_hash, quiet):
+                      scales, flip, window, window_stride, amp, device, cache_dir, force, content_hash, quiet):
     """Label every image of a split with CHECKPOINT's confident predictions (a train artefact
     folder, key or model.pt) and its clicks: labels.json + labels/<image>.png (255 = unlabelled).
 
@@ -50,7 +50,7 @@ def pseudo_labels_cmd(checkpoint, points_ref, kind, root, split, options, labels
     from pointparse.stages.pseudo_labels import run_pseudo_labels
 
     cfg = PseudoLabelConfig(rule=rule, threshold=threshold, share=share, combine=combine, scales=scales, flip=flip,
-                            window=window, amp=amp, device=device)
+                            window=window, window_stride=window_stride, amp=amp, device=device)
     res = run_pseudo_labels(checkpoint, spec_from_options(kind, root, split, options), points_ref, cfg,
                             StageCache(cache_dir), labels=labels_ref, force=force, content_hash=content_hash,
                             progress=not quiet)

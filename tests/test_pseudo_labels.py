@@ -3,6 +3,7 @@ label set, resumption, and the stage's key."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -389,3 +390,9 @@ def test_the_command(stage_inputs):
     assert r.exit_code != 0 and "unknown confidence rule 'otsu'" in r.output
     r = CliRunner().invoke(main, args + ["--labels", points.key[:10], "--combine", "fill"])
     assert r.exit_code != 0 and "no pseudo-labels or extension-labels artefact" in r.output
+    r = CliRunner().invoke(main, args + ["--window", "32", "--window-stride", "40"])
+    assert r.exit_code != 0 and "window_stride 40 is larger than window 32" in r.output
+    r = CliRunner().invoke(main, args + ["--window", "32", "--window-stride", "16"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((Path(r.output.split("wrote artefact")[1].split()[0].strip("()")) / "manifest.json").read_text())
+    assert manifest["params"]["window_stride"] == 16
