@@ -1,8 +1,9 @@
 """PDML across processes: every rank gathers all ranks' points (with gradient) and computes the
 same global-mean loss (scaling argument in :mod:`pointparse.pdml`'s docstring).
 
-Not sync-free: the ranks' point counts are exchanged and read by the host to unpad (DDP runs
-only; a single process returns its inputs untouched).
+No device synchronisation: the ranks' point counts are the embeddings' row counts, which the
+host knows; they are exchanged on the CPU (through a gloo group when the default group is NCCL)
+and everything else stays on the device. A single process returns its inputs untouched.
 """
 
 from __future__ import annotations
@@ -17,6 +18,22 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
+#: per default process group, the gloo group its ranks exchange host integers through
+_HOST_GROUPS: dict = {}
+
+
+def _host_group():
+    """A process group for CPU tensors: the default one when it is gloo, else a gloo group of the
+    same ranks made once (an integer sent through NCCL would be copied to the device and back)."""
+    if "gloo" in dist.get_backend():  # "gloo", or a per-device list such as "cpu:gloo,cuda:nccl"
+        return None
+    world = dist.group.WORLD
+    if world not in _HOST_GROUPS:
+        _HOST_GROUPS.clear()  # a destroyed default group's gloo group is gone with it
+        _HOST_GROUPS[world] = dist.new_group(backend="gloo")
+    return _HOST_GROUPS[world]
+
+
 def gather_points(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
@@ -25,12 +42,14 @@ def gather_points(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """All-gather every rank's points (rank order), with gradient for ``embeddings``.
 
-    Ranks may hold different numbers of points (counts are gathered first, rows padded to the
-    maximum, gathered, then unpadded). ``image_ids`` are taken as local to each rank and made
-    globally distinct as ``rank * K + id`` (``K`` = 1 + the largest id on any rank; ids must be
-    >= 0), so two ranks' "image 0" are never mistaken for one image; ``groups`` are gathered
-    unchanged (compute :func:`subgroups` on the gathered ids instead). Without an initialised
-    process group of size > 1 the inputs are returned unchanged.
+    Ranks may hold different numbers of points: the counts (``embeddings.shape[0]``, known to the
+    host) are exchanged on the CPU, rows padded to the largest, gathered, then cut back, so the
+    device is never read. ``image_ids`` (any integers) are made distinct across ranks as
+    ``id * W + rank`` (``W`` ranks: one integer per (id, rank) pair, no bound needed); PDML uses
+    them only for equality, and :func:`subgroups` orders images by first appearance, so the
+    values' order does not matter. ``groups`` are gathered unchanged (compute :func:`subgroups`
+    on the gathered ids instead). Without an initialised process group of size > 1 the inputs are
+    returned unchanged.
 
     Scaling: use the global-mean :func:`pdml_loss` of the gathered set unscaled on every rank.
     The all_gather backward sums the ``W`` ranks' gradients for each rank's rows (``W`` times
@@ -42,10 +61,10 @@ def gather_points(
 
     world = dist.get_world_size()
     device = embeddings.device
-    count = torch.tensor([embeddings.shape[0]], dtype=torch.long, device=device)
+    count = torch.tensor([embeddings.shape[0]], dtype=torch.long)  # on the CPU: its value is the host's
     counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
+    dist.all_gather(counts, count, group=_host_group())
+    counts = torch.cat(counts).tolist()  # a CPU tensor: no device read
     rows = max(max(counts), 1)
 
     def pad(t: torch.Tensor) -> torch.Tensor:
@@ -63,12 +82,7 @@ def gather_points(
         emb_all = dist_fn.all_gather(pad(embeddings))
     emb = torch.cat([e[:c] for e, c in zip(emb_all, counts)])
     lab = torch.cat([t[:c] for t, c in zip(plain_gather(labels.to(device)), counts)])
-    ids_parts = [t[:c].long() for t, c in zip(plain_gather(image_ids.to(device)), counts)]
-    ids_all = torch.cat(ids_parts)
-    if ids_all.numel() and int(ids_all.min()) < 0:
-        raise ValueError("gather_points needs image_ids >= 0 to make them distinct across ranks")
-    k = int(ids_all.max()) + 1 if ids_all.numel() else 1
-    ids = torch.cat([t + r * k for r, t in enumerate(ids_parts)])
+    ids = torch.cat([t[:c].long() * world + r for r, (t, c) in enumerate(zip(plain_gather(image_ids.to(device)), counts))])
     grp = None
     if groups is not None:
         grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])

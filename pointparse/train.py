@@ -81,7 +81,7 @@ def compute_losses(model: torch.nn.Module, batch: dict, cfg: TrainConfig, epoch:
     No host sync on a single process (an accelerator's stream never waits for the CPU): fixed
     shapes with masks throughout; the PDML pairing keys are drawn from ``generator`` on the CPU
     and copied without blocking, or given as ``pairing_keys_`` [N, N]. Under DDP the points'
-    gather reads the ranks' counts.
+    gather exchanges the ranks' counts on the host (:func:`pointparse.pdml.gather_points`).
     """
     images = batch["image"]
     if channels_last:

@@ -12,6 +12,7 @@ from datetime import timedelta
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pointparse.errors import ConfigError
 from pointparse.losses import point_cross_entropy, sample_embeddings
@@ -384,6 +385,24 @@ def _ddp_data():
     return inputs, labels, ids, weight
 
 
+class _ScalarReads(TorchDispatchMode):
+    """Records the ops that read a tensor's value back to Python (``item``, ``int``, ``bool``):
+    on a GPU each one waits for the stream."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default):
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _same_image(ids: torch.Tensor) -> torch.Tensor:
+    return ids[:, None] == ids[None, :]
+
+
 def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -396,7 +415,8 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         emb = inputs[sl] @ weight
         emb.retain_grad()
         local_ids = ids[sl] - ids[sl].min()  # each rank numbers its images from 0
-        e, lab, gid, _ = gather_points(emb, labels[sl], local_ids)
+        with _ScalarReads() as reads:  # what would make a CUDA stream wait for the host
+            e, lab, gid, _ = gather_points(emb, labels[sl], local_ids)
         loss, stats = pdml_loss(e, lab, gid, margin=6.0, generator=gen(77), groups=subgroups(gid, 4))
         loss.backward()
         grad = weight.grad.clone()
@@ -416,6 +436,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 "emb_grad": emb.grad,
                 "ids": gid,
                 "n_empty_gather": e2.shape[0],
+                "scalar_reads": reads.ops,
                 "empty_ids": gid2,
                 "cm": cm.mat,
             },
@@ -457,11 +478,14 @@ def test_ddp_gathered_pdml_equals_single_process(tmp_path):
     loss.backward()
     assert stats.num_triples > 0
     for k in range(2):
-        assert torch.equal(r[k]["ids"], ids)  # local ids made globally distinct, in rank order
+        # local ids made distinct across ranks: the same images as the single process's ids
+        assert torch.equal(_same_image(r[k]["ids"]), _same_image(ids))
+        assert r[k]["scalar_reads"] == []  # the gather never reads the device
         assert r[k]["triples"] == stats.num_triples
         torch.testing.assert_close(r[k]["loss"], loss.detach(), rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(r[k]["grad"], weight.grad, rtol=1e-10, atol=1e-12)
-        assert r[k]["n_empty_gather"] == _DDP_SPLIT and r[k]["empty_ids"].tolist() == ids[:_DDP_SPLIT].tolist()
+        assert r[k]["n_empty_gather"] == _DDP_SPLIT
+        assert torch.equal(_same_image(r[k]["empty_ids"]), _same_image(ids[:_DDP_SPLIT]))
     # all_gather's backward sums the two ranks' identical gradients: 2x per rank, DDP halves it
     torch.testing.assert_close(r[0]["emb_grad"], 2 * emb.grad[:_DDP_SPLIT])
     torch.testing.assert_close(r[1]["emb_grad"], 2 * emb.grad[_DDP_SPLIT:])
