@@ -2,22 +2,15 @@
 
 Both run in one process on the same images: bare = the model's forward + upsampling + argmax on
 pre-loaded tensors; evaluate = the full :func:`pointparse.evaluate.evaluate_model` path reading
-the images and masks from disk. On CPU evaluate decodes the next images in a thread when a core
-is free for it, else between forward passes (:func:`pointparse.evaluate.decode_ahead`); both ways
-are measured (``thread``, ``between``), and ``auto`` names the one evaluate picks. For each
-intra-op thread count (``torch.set_num_threads``, default 1 and 2) everything is warmed up, then
-run in ``--rounds`` alternating rounds; per arm it prints the ratio of the best throughputs and
-the median (and range) of the per-round paired ratios — this machine's timings wander by 10-15 %
+the images and masks from disk (on CPU a decoding thread runs ahead of inference). For each
+intra-op thread count (``torch.set_num_threads``, default 1 and 2) both are warmed up, then run
+in ``--rounds`` alternating rounds; it prints the ratio of the best throughputs and the median
+(and range) of the per-round paired ratios — this machine's timings wander by 10-15 %
 between rounds, so the median of many rounds is the figure to read (target >= 0.95). The
 confusion matrix of every evaluate run is checked against the one the bare pass gives: the
 metrics must not change. It also prints what decoding costs per image (decoding + normalising,
 one thread) beside a forward pass: where every core runs the forward, that CPU time cannot be
 hidden, so the ratio cannot exceed about ``bound`` = forward / (forward + decoding).
-
-Rule for :func:`~pointparse.evaluate.decode_ahead` (written 2026-12-06 before its runs): where
-the intra-op threads take every core (2 of 2 here), evaluate decodes between passes only if
-``between``'s median paired ratio is at least ``thread``'s on each of the synthetic scenes, CamVid
-val and LabelMeFacade val (12 rounds each); otherwise it keeps the thread on every machine.
 
 ``--data ROOT`` measures the first ``--images`` images of a folder dataset's ``--split`` (copied,
 files as they are) instead of synthetic scenes, whose 256 px noisy PNGs are the worst case: PNG
@@ -30,37 +23,20 @@ inflation of near-incompressible pixels costs more per pixel than a JPEG or a re
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
-import pointparse.evaluate
-
 from pointparse.datasets import open_dataset
-from pointparse.evaluate import ConfusionMatrix, EvalConfig, decode_ahead, evaluate_model, predict_logits
+from pointparse.evaluate import ConfusionMatrix, EvalConfig, evaluate_model, predict_logits
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD, build_model
 from pointparse.pool import loader_workers, opencv_single_threaded, worker_count
 from pointparse.synthetic import SyntheticConfig, generate_scenes
 from pointparse.transforms import EvalSamples, normalise_array
-
-
-@contextlib.contextmanager
-def forced_decode_ahead(ahead: bool | None) -> Iterator[None]:
-    """evaluate_model decoding in a thread (True) or between passes (False); None: its own choice."""
-    if ahead is None:
-        yield
-        return
-    choice, pointparse.evaluate.decode_ahead = pointparse.evaluate.decode_ahead, lambda: ahead
-    try:
-        yield
-    finally:
-        pointparse.evaluate.decode_ahead = choice
 
 
 def first_images(data: str, split: str, n: int, out: Path) -> Path:
@@ -122,15 +98,14 @@ def main() -> None:
                     cm.update(predict_logits(model, x, cfg, k).argmax(1), y)
             reference[torch.get_num_threads()] = cm.mat
 
-        def full(ahead: bool | None) -> None:  # None: evaluate's own choice
-            with forced_decode_ahead(ahead):
-                _, cm = evaluate_model(model, ds, k, cfg, dev, IMAGENET_MEAN, IMAGENET_STD, progress=False)
+        def full() -> None:
+            _, cm = evaluate_model(model, ds, k, cfg, dev, IMAGENET_MEAN, IMAGENET_STD, progress=False)
             if not torch.equal(cm.mat, reference[torch.get_num_threads()]):
                 raise SystemExit("evaluate's confusion matrix differs from bare inference's")
 
-        def timed(fn, *a) -> float:
+        def timed(fn) -> float:
             t0 = time.perf_counter()
-            fn(*a)
+            fn()
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             return time.perf_counter() - t0
@@ -142,36 +117,32 @@ def main() -> None:
                     normalise_array(ds.load(i, with_instances=False).image, samples.mean, samples.std)
             return (time.perf_counter() - t0) / len(ds)
 
-        arms = {"thread": True, "between": False} if dev.type == "cpu" and not cfg.workers else {"loader": None}
         before = torch.get_num_threads()
         decode_s = min(decoding() for _ in range(3))
         rows = []
         for threads in args.threads:
             torch.set_num_threads(threads)
             confusion_of_bare()  # also the warm-up: oneDNN builds its kernels on the first passes
-            timed(bare), [timed(full, a) for a in arms.values()]
-            times = {"bare": [], **{name: [] for name in arms}}
+            timed(bare), timed(full)
+            bares, fulls = [], []
             for _ in range(args.rounds):
-                times["bare"].append(timed(bare))
-                for name, ahead in arms.items():
-                    times[name].append(timed(full, ahead))
-            auto = next((n for n, a in arms.items() if a == decode_ahead()), "loader")
-            fwd = min(times["bare"]) / len(ds)
-            for name in arms:
-                paired = sorted(b / f for b, f in zip(times["bare"], times[name]))
-                rows.append((threads, name + (" (auto)" if name == auto else ""), len(ds) / min(times["bare"]),
-                             len(ds) / min(times[name]), min(times["bare"]) / min(times[name]), paired,
-                             1000 * fwd, fwd / (fwd + decode_s)))
+                bares.append(timed(bare))
+                fulls.append(timed(full))
+            fwd = min(bares) / len(ds)
+            paired = sorted(b / f for b, f in zip(bares, fulls))
+            rows.append((threads, len(ds) / min(bares), len(ds) / min(fulls), min(bares) / min(fulls), paired,
+                         1000 * fwd, fwd / (fwd + decode_s)))
         torch.set_num_threads(before)
     load1, load5, _ = os.getloadavg()
     what = f"{args.data} {args.split}" if args.data else f"synthetic {args.size}px"
-    print(f"{len(ds)} images ({what}), {args.backbone}, {dev}, {loader_workers(cfg.workers, dev)} loader "
-          f"process(es); {args.rounds} alternating rounds after a warm-up; {worker_count(None)} CPUs, load average "
+    workers = loader_workers(cfg.workers, dev)
+    print(f"{len(ds)} images ({what}), {args.backbone}, {dev}, {workers} loader process(es)"
+          f"{' (a decoding thread)' if not workers else ''}; {args.rounds} alternating rounds after a warm-up; {worker_count(None)} CPUs, load average "
           f"{load1:.1f}/{load5:.1f}; confusion matrices identical to bare inference's: True")
-    print(f"{'threads':<8}{'decoding':<18}{'bare img/s':>11}{'evaluate img/s':>16}{'best ratio':>12}"
+    print(f"{'threads':<8}{'bare img/s':>11}{'evaluate img/s':>16}{'best ratio':>12}"
           f"{'median ratio (range)':>30}{'forward ms':>12}{'bound':>7}")
-    for threads, name, b, f, r, paired, fwd, bound in rows:
-        print(f"{threads:<8}{name:<18}{b:>11.2f}{f:>16.2f}{r:>12.3f}{paired[len(paired) // 2]:>12.3f} "
+    for threads, b, f, r, paired, fwd, bound in rows:
+        print(f"{threads:<8}{b:>11.2f}{f:>16.2f}{r:>12.3f}{paired[len(paired) // 2]:>12.3f} "
               f"({paired[0]:.3f}-{paired[-1]:.3f}){fwd:>12.1f}{bound:>7.3f}")
     print(f"decoding + normalising: {1000 * decode_s:.2f} ms per image on one thread; bound = forward / (forward + "
           "decoding): the ratio left when no core is free for decoding")

@@ -25,7 +25,7 @@ from .fields import bounded, check_fields
 from .io import atomic_file, write_json
 from .metrics import SegMetrics
 from .model import upsample_logits
-from .pool import loader_workers, opencv_single_threaded, start_loader, worker_count
+from .pool import loader_workers, opencv_single_threaded, start_loader
 from .runtime import autocast_dtype
 from .transforms import EvalSamples, normalise_array
 
@@ -179,10 +179,9 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
 
     With loader processes (CUDA by default) a DataLoader feeds the model. Without (CPU by
     default: a process would compete with the intra-op threads for the cores) one thread decodes
-    the next images while the model runs (:func:`decoded_in_thread`) when a core is free for it
-    (:func:`decode_ahead`), else each image is decoded between forward passes; on CPU the
-    confusion counts are taken with numpy from the uint8 mask (the same integers, a tenth of the
-    time of the int64 tensor path).
+    the next images while the model runs (:func:`decoded_in_thread`), and on CPU the confusion
+    counts are taken with numpy from the uint8 mask (the same integers, a tenth of the time of
+    the int64 tensor path).
     """
     if dataset.info.num_classes != num_classes:
         raise ConfigError(f"the model predicts {num_classes} classes but {dataset.root} has {dataset.info.num_classes}")
@@ -226,7 +225,7 @@ def evaluate_model(model: torch.nn.Module, dataset: SegmentationDataset, num_cla
             sample = dataset.load(i, with_instances=False)
             return normalise_array(sample.image, samples.mean, samples.std), sample.mask
 
-        decoded = decoded_in_thread(dataset, indices, load=load) if decode_ahead() else (load(i) for i in indices)
+        decoded = decoded_in_thread(dataset, indices, load=load)
         try:
             for image, mask in tqdm(decoded, total=len(indices), desc="evaluate", disable=not show,
                                     leave=False, dynamic_ncols=True):
@@ -251,15 +250,6 @@ def _confusion_counts(target: np.ndarray, pred: np.ndarray, num_classes: int) ->
     n = num_classes
     idx = target.astype(np.uint16) * np.uint16(n) + pred.astype(np.uint16)  # < 256 * 255: no overflow
     return np.bincount(idx.ravel(), minlength=256 * n)[:n * n]
-
-
-def decode_ahead() -> bool:
-    """Whether evaluation on CPU decodes the next images in a thread: only when a core is left over
-    from the intra-op threads. Where every core runs the forward pass, the decoding thread preempts
-    an intra-op thread and every parallel kernel waits for it (as a loader process does,
-    :func:`pointparse.pool.loader_workers`); decoded between passes, an image costs only its own
-    decoding time (``benchmarks/bench_evaluate.py`` measures both)."""
-    return torch.get_num_threads() < worker_count(None)
 
 
 def decoded_in_thread(dataset: SegmentationDataset, indices: list[int], depth: int = PREFETCH,

@@ -1,5 +1,4 @@
-"""evaluate: the decoding thread, decoding between passes and the numpy confusion counts give the
-metrics of the plain path.
+"""evaluate: the decoding thread and the numpy confusion counts give the metrics of the plain path.
 
 Tiny hand-made folder datasets and a two-layer model built here; nothing is downloaded or read
 from outside ``tmp_path``.
@@ -16,9 +15,9 @@ import torch
 
 from pointparse.datasets import FolderDataset
 from pointparse.errors import DataError
-import pointparse.evaluate
-from pointparse.evaluate import ConfusionMatrix, EvalConfig, _confusion_counts, decode_ahead, evaluate_model, predict_logits
+from pointparse.evaluate import EvalConfig, _confusion_counts, evaluate_model, predict_logits
 from pointparse.images import write_image, write_label_png
+from pointparse.evaluate import ConfusionMatrix
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
 from pointparse.transforms import normalise
 
@@ -73,16 +72,8 @@ def _decoder_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "pointparse-evaluate-decoder"]
 
 
-@pytest.fixture
-def in_thread(monkeypatch):
-    """Evaluate decoding in its thread whatever the cores and intra-op threads here."""
-    monkeypatch.setattr(pointparse.evaluate, "decode_ahead", lambda: True)
-
-
-@pytest.mark.parametrize("ahead", [True, False], ids=["thread", "between-passes"])
 @pytest.mark.parametrize("rank, world", [(0, 1), (1, 3)])
-def test_decoding_either_way_gives_the_plain_loops_confusion_matrix(tmp_path, monkeypatch, rank, world, ahead):
-    monkeypatch.setattr(pointparse.evaluate, "decode_ahead", lambda: ahead)
+def test_decoding_thread_gives_the_plain_loops_confusion_matrix(tmp_path, rank, world):
     ds = _dataset(tmp_path)
     model = TinyNet().eval()
     metrics, cm = evaluate_model(model, ds, C, EvalConfig(workers=0, device="cpu"), CPU, IMAGENET_MEAN,
@@ -90,18 +81,6 @@ def test_decoding_either_way_gives_the_plain_loops_confusion_matrix(tmp_path, mo
     ref = _reference(model, ds, range(rank, len(ds), world))
     assert torch.equal(cm.mat, ref) and int(ref.sum()) > 0
     assert not _decoder_threads()
-
-
-def test_decoding_runs_ahead_only_with_a_core_to_spare(monkeypatch):
-    before = torch.get_num_threads()
-    monkeypatch.setattr(pointparse.evaluate, "worker_count", lambda _: 4)
-    try:
-        torch.set_num_threads(3)
-        assert decode_ahead()
-        torch.set_num_threads(4)
-        assert not decode_ahead()
-    finally:
-        torch.set_num_threads(before)
 
 
 def test_loader_process_path_gives_the_same_matrix(tmp_path):
@@ -114,7 +93,7 @@ def test_loader_process_path_gives_the_same_matrix(tmp_path):
     assert torch.equal(threaded.mat, loader.mat)
 
 
-def test_a_decoding_error_is_raised_and_the_thread_stops(tmp_path, in_thread):
+def test_a_decoding_error_is_raised_and_the_thread_stops(tmp_path):
     ds = _dataset(tmp_path)
     (ds.mask_path(3)).write_bytes(b"not a png")
     with pytest.raises(DataError) as err:
@@ -124,7 +103,7 @@ def test_a_decoding_error_is_raised_and_the_thread_stops(tmp_path, in_thread):
     assert not _decoder_threads()
 
 
-def test_a_model_error_stops_the_thread(tmp_path, in_thread):
+def test_a_model_error_stops_the_thread(tmp_path):
     ds = _dataset(tmp_path, n=12)
     with pytest.raises(RuntimeError, match="model failed"):
         evaluate_model(TinyNet(fail_on_call=2).eval(), ds, C, EvalConfig(workers=0, device="cpu"), CPU,
