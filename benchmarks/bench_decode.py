@@ -50,7 +50,7 @@ def main() -> None:
 
 @contextlib.contextmanager
 def pil_only() -> Iterator[None]:
-    """``read_image`` as before its OpenCV path: PIL for every file (bench_evaluate uses it too)."""
+    """``read_image`` as before its OpenCV path: PIL for every file."""
     flags, images._OPENCV_FLAGS = images._OPENCV_FLAGS, None
     try:
         yield

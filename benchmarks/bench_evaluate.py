@@ -60,7 +60,7 @@ def main() -> None:
     ap.add_argument("--split", default="val", help="--data's split")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="intra-op thread counts to measure")
-    ap.add_argument("--rounds", type=int, default=5, help="alternating bare/evaluate rounds per thread count")
+    ap.add_argument("--rounds", type=int, default=12, help="alternating bare/evaluate rounds per thread count")
     ap.add_argument("--workers", type=int, default=None,
                     help="loader processes (default: what evaluate picks, 0 on CPU and 2 on CUDA)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
