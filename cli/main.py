@@ -168,8 +168,8 @@ def evaluate_cmd(checkpoint, kind, root, split, options, flip, window, window_st
     from pointparse.evaluate import EvalConfig
     from pointparse.stages.evaluate import run_evaluate
 
-    res = run_evaluate(checkpoint, spec_from_options(kind, root, split, options),
-                       EvalConfig(flip=flip, window=window, window_stride=window_stride, amp=amp, device=device), StageCache(cache_dir),
+    cfg = EvalConfig(flip=flip, window=window, window_stride=window_stride, amp=amp, device=device)
+    res = run_evaluate(checkpoint, spec_from_options(kind, root, split, options), cfg, StageCache(cache_dir),
                        force=force, content_hash=content_hash, progress=not quiet)
     echo_result(res, "evaluate")
     s = res.manifest.get("summary", {})

@@ -18,20 +18,20 @@ def _distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-#: per default process group, the gloo group its ranks exchange host integers through
-_HOST_GROUPS: dict = {}
+#: (default process group, the gloo group of its ranks that host integers go through)
+_host: tuple = (None, None)
 
 
 def _host_group():
     """A process group for CPU tensors: the default one when it is gloo, else a gloo group of the
-    same ranks made once (an integer sent through NCCL would be copied to the device and back)."""
+    same ranks made once per default group (an integer sent through NCCL would be copied to the
+    device and back)."""
+    global _host
     if "gloo" in dist.get_backend():  # "gloo", or a per-device list such as "cpu:gloo,cuda:nccl"
         return None
-    world = dist.group.WORLD
-    if world not in _HOST_GROUPS:
-        _HOST_GROUPS.clear()  # a destroyed default group's gloo group is gone with it
-        _HOST_GROUPS[world] = dist.new_group(backend="gloo")
-    return _HOST_GROUPS[world]
+    if _host[0] is not dist.group.WORLD:
+        _host = (dist.group.WORLD, dist.new_group(backend="gloo"))
+    return _host[1]
 
 
 def gather_points(
@@ -82,7 +82,8 @@ def gather_points(
         emb_all = dist_fn.all_gather(pad(embeddings))
     emb = torch.cat([e[:c] for e, c in zip(emb_all, counts)])
     lab = torch.cat([t[:c] for t, c in zip(plain_gather(labels.to(device)), counts)])
-    ids = torch.cat([t[:c].long() * world + r for r, (t, c) in enumerate(zip(plain_gather(image_ids.to(device)), counts))])
+    ids_all = plain_gather(image_ids.to(device))
+    ids = torch.cat([t[:c].long() * world + r for r, (t, c) in enumerate(zip(ids_all, counts))])
     grp = None
     if groups is not None:
         grp = torch.cat([t[:c] for t, c in zip(plain_gather(groups.to(device)), counts)])

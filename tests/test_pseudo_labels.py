@@ -4,6 +4,7 @@ label set, resumption, and the stage's key."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -394,5 +395,5 @@ def test_the_command(stage_inputs):
     assert r.exit_code != 0 and "window_stride 40 is larger than window 32" in r.output
     r = CliRunner().invoke(main, args + ["--window", "32", "--window-stride", "16"])
     assert r.exit_code == 0, r.output
-    manifest = json.loads((Path(r.output.split("wrote artefact")[1].split()[0].strip("()")) / "manifest.json").read_text())
+    manifest = json.loads((Path(re.search(r"artefact (\S+)", r.output)[1]) / "manifest.json").read_text())
     assert manifest["params"]["window_stride"] == 16
