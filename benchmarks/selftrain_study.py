@@ -36,13 +36,20 @@ the code below, so a resumed study cannot drift from them):
   difference to ``cpu-clicks`` at equal steps is positive and larger than 2 std of those
   differences; README Results report it as a fraction of FullSup at equal steps. Otherwise no
   recipe is named and the result is reported as negative, with what each factor did.
+* **Phase S in pieces** (added 2026-12-06 06:30, before any phase-S run): kept models do not
+  outlive a session here, so phase S runs seed by seed with ``--rounds 1`` first (round 1 and the
+  24-epoch baselines; round 0 is not trained again where round 1 already has a result), and
+  ``--shared results/selftrain-sam-study.jsonl`` takes the FullSup jobs that study already ran.
+  One or two seeds decide nothing: the named-recipe rule below is applied only to three seeds;
+  fewer are reported as paired differences per seed, nothing more.
 * SAM labels (combined with the pseudo-labels) are not in this plan: they need the SAM label
   sets of both training splits (issue 21), a later plan.
 
     python benchmarks/selftrain_study.py --data labelmefacade=../shared/data/labelmefacade \\
         --data camvid=../shared/data/camvid --keep MODELS --reuse results/street-study-round6.jsonl \\
         --quality results/pseudo-label-rules.jsonl --out results/selftrain-study.jsonl \\
-        --parallel 2 --threads 1 [--resume] [--deadline SECONDS]
+        --parallel 2 --threads 1 [--resume] [--deadline SECONDS] \\
+        [--seeds 2 1 0] [--rounds 1] [--shared results/selftrain-sam-study.jsonl]
 """
 
 from __future__ import annotations
@@ -207,7 +214,7 @@ def mean_rank(results: list[dict], names: list[str]) -> dict:
     return {n: statistics.mean(v) if len(v) == len(DATA) else None for n, v in ranks.items()}
 
 
-def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
+def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER, rounds: int = 2) -> dict:
     r0 = study.parents([(d, SCREEN_SEED) for d in DATA],
                        lambda p: all(study.known(round_n(p, rule, views, 1)) for rule in RULES))
     screen = [round_n(r0[(d, SCREEN_SEED)], rule, views, 1) for d in DATA for rule in RULES]  # short runs first
@@ -220,13 +227,16 @@ def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER) -> dict:
     print(f"# rule screen: mean ranks {ranks}; rule {rule}", flush=True)
     for seed in seeds:
         r1_of = lambda p: round_n(p, rule, views, 1)  # noqa: E731
-        # round 0 is needed unless round 1 has a result and round 2 either has one or round 1's model
+        # round 0 is needed unless round 1 has a result and round 2 is not run or has a result or
+        # round 1's model
         r0 = study.parents([(d, seed) for d in DATA], lambda p: study.known(r1_of(p)) and (
-            study.kept(r1_of(p)) or study.known(round_n(r1_of(p), rule, views, 2))))
+            rounds < 2 or study.kept(r1_of(p)) or study.known(round_n(r1_of(p), rule, views, 2))))
         r1 = {d: r1_of(r0[(d, seed)]) for d in DATA}
         study.run([*r1.values(),
                    *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 2 * EPOCHS) for d in DATA],
                    *[_job("S", rs.ROUND5_BASE, "FullSup", FULLSUP, d, seed, 2 * EPOCHS) for d in DATA]])
+        if rounds < 2:
+            continue
         study.ensure_models([r1[d] for d in DATA if not study.known(round_n(r1[d], rule, views, 2))])
         study.run([*[round_n(r1[d], rule, views, 2) for d in DATA],
                    *[_job("S", CLICK_RATES, "Clicks", ROUND0, d, seed, 3 * EPOCHS) for d in DATA],
@@ -249,6 +259,12 @@ def main() -> None:
     ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
     ap.add_argument("--resume", action="store_true", help="take runs already in --out instead of running them again")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEED_ORDER), help="phase S's seeds, in order")
+    ap.add_argument("--rounds", type=int, choices=(1, 2), default=2,
+                    help="phase S's last round: 1 runs round 1 and the 24-epoch baselines only (no model is "
+                         "trained again where round 1 has a result)")
+    ap.add_argument("--shared", action="append", default=[],
+                    help="another study's results JSONL: its lines of the same jobs count as resumed "
+                         "(phase S's FullSup jobs are selftrain_sam_study.py's)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per round (smoke tests only)")
     args = ap.parse_args()
     global EPOCHS
@@ -269,6 +285,7 @@ def main() -> None:
     done = []
     if args.resume and Path(args.out).exists():
         done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+    done += [json.loads(l) for f in args.shared for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
     with tempfile.TemporaryDirectory() as cache_dir:
         data = {}
         for name, root in roots.items():
@@ -281,7 +298,7 @@ def main() -> None:
         with cf.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("spawn"), initializer=sr._init_worker,
                                     initargs=init) as pool:
             study = SelfTrainStudy(pool, Path(args.out), deadline, done=done, reuse=reuse, keep=args.keep)
-            summary = {**plan(study, views, tuple(args.seeds)), "views_rule": why}
+            summary = {**plan(study, views, tuple(args.seeds), args.rounds), "views_rule": why}
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"summary": summary, "budget": sr.BUDGET, "argv": sys.argv[1:]}) + "\n")
     print(json.dumps(summary), flush=True)
