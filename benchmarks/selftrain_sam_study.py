@@ -85,15 +85,10 @@ def jobs_for(seed: int, views: str, sam_dirs: dict, epochs: int) -> tuple[list[d
 
 def verdict(results: list[dict], reuse: list[dict]) -> dict:
     """The plan's rule (module docstring) on this study's runs and round 0's lines."""
-    def seeds_of(rows, data, **match):
-        return {r["seed"]: r["miou"] for r in rows if r.get("data") == data and "miou" in r
-                and all(r.get(k) == v for k, v in match.items())}
+    seeds_of = sr.seed_mious
 
     def paired(a, b):
-        diffs = [a[s] - b[s] for s in sorted(a) if s in b]
-        beyond = (len(diffs) == len(SEED_ORDER) and statistics.mean(diffs) > 0
-                  and statistics.mean(diffs) > 2 * statistics.stdev(diffs))
-        return {"diffs": diffs, "beyond_2std": beyond}
+        return sr.paired(a, b, SEED_ORDER)
 
     out = {}
     for data in DATA:

@@ -65,6 +65,7 @@ import time
 from pathlib import Path
 
 import recipe_study as rs
+import street_tables
 import study_runner as sr
 
 CLICK_RATES = "v3+ adamw lr8e-4"  # the click recipe's rates (round 5) = ``cpu-clicks``
@@ -245,6 +246,67 @@ def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER, rounds: int = 2) -
             "runs_not_started": study.not_started}  # > 0: a deadline cut this invocation short
 
 
+def verdict(results: list[dict], reuse: list[dict], rule: str = DEFAULT_RULE, views: str = "1+flip") -> dict:
+    """The named-recipe rule (module docstring) on the study's lines: per dataset and round *r*,
+    its seeds against ``cpu-clicks`` and FullSup trained for the same steps ((r + 1) x 12 epochs;
+    round 0 *is* ``cpu-clicks``). ``reuse``: rounds 5/6's lines (12-epoch ``cpu-clicks`` and FullSup)."""
+    out = {}
+    for data in DATA:
+        def runs(phase, epochs, rows=results, **match):
+            return sr.seed_mious(rows, data, epochs, phase=phase, **match)
+        clicks = {1: {**runs("S", EPOCHS, reuse, row="Clicks", name=CLICK_RATES),
+                      **runs("R0", EPOCHS, name=CLICK_RATES)}}
+        full = {1: runs("S", EPOCHS, reuse, row="FullSup", name=rs.ROUND5_BASE)}
+        for k in (2, 3):
+            clicks[k] = runs("S", k * EPOCHS, row="Clicks", name=CLICK_RATES)
+            full[k] = runs("S", k * EPOCHS, row="FullSup", name=rs.ROUND5_BASE)
+        rounds = {0: clicks[1], **{r: runs("ST", EPOCHS, name=f"r{r} {rule} {views}") for r in (1, 2)}}
+        per_epoch = next((r["steps"] / (r["config"]["epochs"] + r.get("epochs_before", 0)) for r in results
+                          if r.get("data") == data and r.get("steps")), None)
+        d = {}
+        for r, got in rounds.items():
+            k = r + 1
+            row = {"seeds": got, "steps": per_epoch and int(per_epoch * k * EPOCHS), "cpu_clicks": clicks[k],
+                   "fullsup": full[k], "vs_cpu_clicks": sr.paired(got, clicks[k], SEED_ORDER)}
+            for name, mine in (("of_fullsup", got), ("cpu_clicks_of_fullsup", clicks[k])):
+                both = [s for s in mine if s in full[k]]
+                if both:
+                    row[name] = statistics.mean(mine[s] for s in both) / statistics.mean(full[k][s] for s in both)
+            d[f"round{r}"] = row
+        out[data] = d
+    means = {r: statistics.mean(statistics.mean(out[d][f"round{r}"]["seeds"].values()) for d in DATA)
+             for r in (1, 2) if all(out[d][f"round{r}"]["seeds"] for d in DATA)}
+    best = max(means, key=means.get, default=None)
+    out["best_round"] = best
+    out["named"] = best is not None and all(out[d][f"round{best}"]["vs_cpu_clicks"]["beyond_2std"] for d in DATA)
+    return out
+
+
+def print_rows(summary: dict) -> None:
+    """README's rows (markdown) from :func:`verdict`."""
+    fmt = street_tables._fmt
+
+    def seeds(d):
+        return " / ".join(f"{d[s]:.1f}" if s in d else "–" for s in (0, 1, 2))
+
+    def frac(x):
+        return f"{x:.2f}" if x else "–"
+
+    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | `cpu-clicks`, same steps | round − `cpu-clicks` "
+          "(paired) | FullSup, same steps | round of FullSup | `cpu-clicks` of FullSup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for data in DATA:
+        for r in (0, 1, 2):
+            d = summary[data][f"round{r}"]
+            p = d["vs_cpu_clicks"]["diffs"]
+            diffs = "–" if r == 0 or not p else ", ".join(f"{x:+.1f}" for x in p) + f" = {fmt(p)}"
+            print(f"| {data} | {r} | {d['steps'] or '–'} | {seeds(d['seeds'])} | {fmt(list(d['seeds'].values()))} | "
+                  f"{fmt(list(d['cpu_clicks'].values()))} | {diffs} | {fmt(list(d['fullsup'].values()))} | "
+                  f"{frac(d.get('of_fullsup'))} | {frac(d.get('cpu_clicks_of_fullsup'))} |")
+    print(f"\nbest round {summary['best_round']}; named cpu-selftrain (beyond 2 std over cpu-clicks at equal "
+          f"steps on both, three seeds): {summary['named']}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, metavar="NAME=ROOT",
@@ -266,6 +328,8 @@ def main() -> None:
                     help="another study's results JSONL: its lines of the same jobs count as resumed "
                          "(phase S's FullSup jobs are selftrain_sam_study.py's)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per round (smoke tests only)")
+    ap.add_argument("--verdict", action="store_true",
+                    help="print the named-recipe rule's verdict and README's rows from --out (and --shared), run nothing")
     args = ap.parse_args()
     global EPOCHS
     if args.epochs:
@@ -283,9 +347,16 @@ def main() -> None:
     print(f"# views {views} ({why})", flush=True)
     reuse = [json.loads(l) for f in args.reuse for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
     done = []
-    if args.resume and Path(args.out).exists():
+    if (args.resume or args.verdict) and Path(args.out).exists():
         done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
     done += [json.loads(l) for f in args.shared for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+    if args.verdict:
+        summary = verdict([r for r in done if "miou" in r], reuse,
+                          next((r["summary"]["rule"] for r in reversed(done) if "rule" in r.get("summary", {})),
+                               DEFAULT_RULE), views)
+        print(json.dumps(summary, indent=1))
+        print_rows(summary)
+        return
     with tempfile.TemporaryDirectory() as cache_dir:
         data = {}
         for name, root in roots.items():

@@ -10,6 +10,7 @@ import concurrent.futures as cf
 import functools
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -95,9 +96,31 @@ def _run(job: dict) -> dict:
 
 
 def job_id(job: dict) -> str:
-    """A file-name-safe id of a job (its phase, data, name, row and seed)."""
-    raw = f"{job['phase']}_{job.get('data', DEFAULT_DATA)}_{job['name']}_{job['row']}_s{job['seed']}"
+    """A file-name-safe id of a job (its phase, data, name, row and seed; its epochs where they are
+    not the budget's, so a longer baseline's kept model never replaces the round-0 model of the
+    same recipe and seed)."""
+    epochs = job.get("config", {}).get("epochs", BUDGET["epochs"])
+    raw = (f"{job['phase']}_{job.get('data', DEFAULT_DATA)}_{job['name']}_{job['row']}_s{job['seed']}"
+           + (f"_e{epochs}" if epochs != BUDGET["epochs"] else ""))
     return "".join(c if c.isalnum() or c in "-._" else "-" for c in raw)
+
+
+def seed_mious(rows: list[dict], data: str, epochs: int | None = None, **match) -> dict[int, float]:
+    """{seed: val mIoU} of the result lines of ``data`` whose fields equal ``match`` (and whose
+    config trained ``epochs``, where given); of two lines of one seed the later wins (a job
+    trained again to keep its model)."""
+    return {r["seed"]: r["miou"] for r in rows if r.get("data") == data and "miou" in r
+            and all(r.get(k) == v for k, v in match.items())
+            and (epochs is None or r.get("config", {}).get("epochs") == epochs)}
+
+
+def paired(a: dict[int, float], b: dict[int, float], seeds) -> dict:
+    """Same-seed differences a − b, and whether their mean is positive and beyond 2 std — only
+    ever true with a difference for every one of ``seeds``."""
+    diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+    beyond = (len(diffs) == len(seeds) and len(diffs) > 1 and statistics.mean(diffs) > 0
+              and statistics.mean(diffs) > 2 * statistics.stdev(diffs))
+    return {"diffs": diffs, "beyond_2std": beyond}
 
 
 def _same_job(a: dict, b: dict) -> bool:
