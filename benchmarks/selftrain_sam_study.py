@@ -36,7 +36,7 @@ recipe from ImageNet for 12 epochs on the clicks plus that set (``label_weight``
     python benchmarks/selftrain_sam_study.py --data labelmefacade=../shared/data/labelmefacade \\
         --data camvid=../shared/data/camvid --cache SAMCACHE --keep MODELS \\
         --reuse results/sam-study.jsonl --quality results/pseudo-label-rules.jsonl \\
-        --out results/selftrain-sam-study.jsonl [--resume] [--deadline SECONDS]
+        --out results/selftrain-sam-study.jsonl [--resume] [--deadline SECONDS] [--shared results/selftrain-study.jsonl]
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def verdict(results: list[dict], reuse: list[dict]) -> dict:
     for data in DATA:
         r1 = seeds_of(results, data, phase="T", row=ROW)
         sam24 = seeds_of(results, data, phase="T", row=sam_study.ROW)
-        full24 = seeds_of(results, data, phase="S", row="FullSup")
+        full24 = seeds_of(results, data, 2 * sr.BUDGET["epochs"], phase="S", row="FullSup")
         r0 = seeds_of(reuse, data, phase="SAM", row=sam_study.ROW)
         d = {"round1": r1, "cpu_sam_24": sam24, "fullsup_24": full24, "round0": r0,
              "vs_cpu_sam_24": paired(r1, sam24), "vs_round0": paired(r1, r0)}
@@ -145,6 +145,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEED_ORDER))
     ap.add_argument("--deadline", type=float, default=0, help="seconds after which no new run starts (0 = none)")
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--shared", action="append", default=[],
+                    help="selftrain_study.py's results JSONL: its FullSup lines count as this study's (same jobs)")
     ap.add_argument("--verdict", action="store_true", help="print the rule's verdict and README's rows from --out, "
                                                            "run nothing")
     args = ap.parse_args()
@@ -152,6 +154,7 @@ def main() -> None:
     done = []
     if (args.resume or args.verdict) and Path(args.out).exists():
         done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+    done += [json.loads(l) for f in args.shared for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
     epochs = sr.BUDGET["epochs"]
     if args.verdict:
         runs = [r for r in done if "miou" in r]
