@@ -272,7 +272,8 @@ def verdict(results: list[dict], reuse: list[dict], rule: str = DEFAULT_RULE, vi
         for r, got in rounds.items():
             k = r + 1
             row = {"seeds": got, "steps": per_epoch and int(per_epoch * k * EPOCHS), "cpu_clicks": clicks[k],
-                   "fullsup": full[k], "vs_cpu_clicks": sr.paired(got, clicks[k], SEED_ORDER)}
+                   "fullsup": full[k], "vs_cpu_clicks": sr.paired(got, clicks[k], SEED_ORDER),
+                   "vs_previous": sr.paired(got, rounds[r - 1], SEED_ORDER) if r else None}
             for name, mine in (("of_fullsup", got), ("cpu_clicks_of_fullsup", clicks[k])):
                 both = [s for s in mine if s in full[k]]
                 if both:
@@ -297,16 +298,18 @@ def print_rows(summary: dict) -> None:
     def frac(x):
         return f"{x:.2f}" if x else "–"
 
-    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | `cpu-clicks`, same steps | round − `cpu-clicks` "
-          "(paired) | FullSup, same steps | round of FullSup | `cpu-clicks` of FullSup |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    def diffs(p):
+        return "–" if not p or not p["diffs"] else ", ".join(f"{x:+.1f}" for x in p["diffs"]) + f" = {fmt(p['diffs'])}"
+
+    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | round − previous round (paired) | `cpu-clicks`, "
+          "same steps | round − `cpu-clicks` (paired) | FullSup, same steps | round of FullSup | `cpu-clicks` of FullSup |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for data in DATA:
         for r in (0, 1, 2):
             d = summary[data][f"round{r}"]
-            p = d["vs_cpu_clicks"]["diffs"]
-            diffs = "–" if r == 0 or not p else ", ".join(f"{x:+.1f}" for x in p) + f" = {fmt(p)}"
             print(f"| {data} | {r} | {d['steps'] or '–'} | {seeds(d['seeds'])} | {fmt(list(d['seeds'].values()))} | "
-                  f"{fmt(list(d['cpu_clicks'].values()))} | {diffs} | {fmt(list(d['fullsup'].values()))} | "
+                  f"{diffs(d['vs_previous'])} | {fmt(list(d['cpu_clicks'].values()))} | "
+                  f"{diffs(d['vs_cpu_clicks'] if r else None)} | {fmt(list(d['fullsup'].values()))} | "
                   f"{frac(d.get('of_fullsup'))} | {frac(d.get('cpu_clicks_of_fullsup'))} |")
     print(f"\nbest round {summary['best_round']}; named cpu-selftrain (beyond 2 std over cpu-clicks at equal "
           f"steps on both, three seeds): {summary['named']}")
