@@ -299,10 +299,13 @@ def print_rows(summary: dict) -> None:
         return f"{x:.2f}" if x else "–"
 
     def diffs(p):
-        return "–" if not p or not p["diffs"] else ", ".join(f"{x:+.1f}" for x in p["diffs"]) + f" = {fmt(p['diffs'])}"
+        if not p or not p["diffs"]:
+            return "–"
+        return ", ".join(f"{x:+.1f}" for x in p["diffs"]) + f" = {fmt(p['diffs'])}"
 
-    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | round − previous round (paired) | `cpu-clicks`, "
-          "same steps | round − `cpu-clicks` (paired) | FullSup, same steps | round of FullSup | `cpu-clicks` of FullSup |")
+    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | round − previous round (paired) "
+          "| `cpu-clicks`, same steps | round − `cpu-clicks` (paired) | FullSup, same steps | round of FullSup "
+          "| `cpu-clicks` of FullSup |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for data in DATA:
         for r in (0, 1, 2):
@@ -339,7 +342,8 @@ def main() -> None:
                          "(phase S's FullSup jobs are selftrain_sam_study.py's)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs per round (smoke tests only)")
     ap.add_argument("--verdict", action="store_true",
-                    help="print the named-recipe rule's verdict and README's rows from --out (and --shared), run nothing")
+                    help="print the named-recipe rule's verdict and README's rows from --out (and --shared), "
+                         "run nothing")
     args = ap.parse_args()
     global EPOCHS
     if args.epochs:
