@@ -89,7 +89,21 @@ def _run(job: dict) -> dict:
     return {**job, "miou": 100 * m.miou, "pixel_acc": 100 * m.pixel_acc,
             "iou": [None if x != x else round(100 * float(x), 2) for x in m.iou],
             "epochs": [{k: r.get(k) for k in keep if k in r} for r in epochs],
-            "seconds": time.perf_counter() - t0, "device": str(device)}
+            "seconds": time.perf_counter() - t0, "device": str(device), "env": library_versions()}
+
+
+def library_versions() -> dict:
+    """The versions of the libraries a run's numbers depend on: training moved between sessions
+    whose pip resolutions differed (README, phase S), so every result line says which it ran on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("torch", "torchvision", "numpy", "opencv-python-headless", "pillow", "scikit-image", "timm"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
 
 
 # ------------------------------------------------------------------------------------- phases
