@@ -137,8 +137,9 @@ def main() -> None:
     what = f"{args.data} {args.split}" if args.data else f"synthetic {args.size}px"
     workers = loader_workers(cfg.workers, dev)
     print(f"{len(ds)} images ({what}), {args.backbone}, {dev}, {workers} loader process(es)"
-          f"{' (a decoding thread)' if not workers else ''}; {args.rounds} alternating rounds after a warm-up; {worker_count(None)} CPUs, load average "
-          f"{load1:.1f}/{load5:.1f}; confusion matrices identical to bare inference's: True")
+          f"{' (a decoding thread)' if not workers else ''}; {args.rounds} alternating rounds after a warm-up; "
+          f"{worker_count(None)} CPUs, load average {load1:.1f}/{load5:.1f}; confusion matrices identical to bare "
+          "inference's: True")
     print(f"{'threads':<8}{'bare img/s':>11}{'evaluate img/s':>16}{'best ratio':>12}"
           f"{'median ratio (range)':>30}{'forward ms':>12}{'bound':>7}")
     for threads, b, f, r, paired, fwd, bound in rows:

@@ -113,7 +113,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from study_runner import BUDGET, DEFAULT_DATA, FULL, POINTS, SEEDS, Study, _init_worker, _job
+from study_runner import BUDGET, DEFAULT_DATA, FULL, POINTS, SEEDS, Study, _init_worker, _job, read_jsonl
 
 A1 = {
     "paper-cpu": dict(head="aspp-v2", optimizer="sgd", lr=2.5e-3, head_lr_mult=10.0),
@@ -421,7 +421,7 @@ def main() -> None:
         init = (data, args.device, args.threads, args.weights, args.keep)
         done = []
         if args.resume and Path(args.out).exists():
-            done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+            done = read_jsonl(args.out)
         deadline = time.time() + args.deadline if args.deadline else float("inf")
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with cf.ProcessPoolExecutor(args.parallel, mp_context=ctx, initializer=_init_worker, initargs=init) as pool:

@@ -138,7 +138,7 @@ def main() -> None:
     ap.add_argument("--tables", action="store_true", help="print README's rows from --out and --reuse, run nothing")
     args = ap.parse_args()
     if args.tables:
-        lines = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+        lines = sr.read_jsonl(args.out)
         runs = [r for r in lines if r.get("row") == ROW and "miou" in r]
         print_tables(verdict(runs, street_tables.load_runs(args.reuse)), [l for l in lines if l.get("phase") == "labels"])
         return
@@ -155,7 +155,7 @@ def main() -> None:
     cache = StageCache(args.cache)
     done = []
     if args.resume and Path(args.out).exists():
-        done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
+        done = sr.read_jsonl(args.out)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     data, label_dirs = {}, {}
     for name in order:
@@ -179,8 +179,7 @@ def main() -> None:
     with open(args.out, "a", encoding="utf-8") as fh:
         fh.write(json.dumps({"summary": summary, "budget": sr.BUDGET, "seeds": args.seeds, "data": order}) + "\n")
     print(json.dumps(summary, indent=1), flush=True)
-    print_tables(summary, [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines()
-                           if l.strip() and json.loads(l).get("phase") == "labels"])
+    print_tables(summary, [r for r in sr.read_jsonl(args.out) if r.get("phase") == "labels"])
 
 
 if __name__ == "__main__":

@@ -150,11 +150,11 @@ def main() -> None:
     ap.add_argument("--verdict", action="store_true", help="print the rule's verdict and README's rows from --out, "
                                                            "run nothing")
     args = ap.parse_args()
-    reuse = [json.loads(l) for f in args.reuse for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+    reuse = sr.read_jsonl(*args.reuse)
     done = []
     if (args.resume or args.verdict) and Path(args.out).exists():
-        done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
-    done += [json.loads(l) for f in args.shared for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+        done = sr.read_jsonl(args.out)
+    done += sr.read_jsonl(*args.shared)
     epochs = sr.BUDGET["epochs"]
     if args.verdict:
         runs = [r for r in done if "miou" in r]

@@ -125,7 +125,7 @@ def choose_views(quality_file: str | None) -> tuple[str, dict]:
     """The multi-scale rule (docstring) on ``pseudo_label_rules.py`` lines; ``1+flip`` without them."""
     if not quality_file or not Path(quality_file).exists():
         return "1+flip", {"reason": "no quality lines"}
-    rows = [json.loads(l) for l in Path(quality_file).read_text(encoding="utf-8").splitlines() if l.strip()]
+    rows = sr.read_jsonl(quality_file)
     got = {}
     for r in rows:
         if r["rule"] == "per-class:0.9:0.5":
@@ -359,11 +359,11 @@ def main() -> None:
         ap.error(f"give --data for exactly {', '.join(DATA)}")
     views, why = choose_views(args.quality)
     print(f"# views {views} ({why})", flush=True)
-    reuse = [json.loads(l) for f in args.reuse for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+    reuse = sr.read_jsonl(*args.reuse)
     done = []
     if (args.resume or args.verdict) and Path(args.out).exists():
-        done = [json.loads(l) for l in Path(args.out).read_text(encoding="utf-8").splitlines() if l.strip()]
-    done += [json.loads(l) for f in args.shared for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+        done = sr.read_jsonl(args.out)
+    done += sr.read_jsonl(*args.shared)
     if args.verdict:
         summary = verdict([r for r in done if "miou" in r], reuse,
                           next((r["summary"]["rule"] for r in reversed(done) if "rule" in r.get("summary", {})),

@@ -109,6 +109,11 @@ def library_versions() -> dict:
 # ------------------------------------------------------------------------------------- phases
 
 
+def read_jsonl(*paths) -> list[dict]:
+    """The JSON lines of ``paths`` in order (blank lines skipped): results, reused runs, shared runs."""
+    return [json.loads(l) for f in paths for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+
+
 def job_id(job: dict) -> str:
     """A file-name-safe id of a job (its phase, data, name, row and seed; its epochs where they are
     not the budget's, so a longer baseline's kept model never replaces the round-0 model of the

@@ -15,9 +15,8 @@ import torch
 
 from pointparse.datasets import FolderDataset
 from pointparse.errors import DataError
-from pointparse.evaluate import EvalConfig, _confusion_counts, evaluate_model, predict_logits
+from pointparse.evaluate import ConfusionMatrix, EvalConfig, _confusion_counts, evaluate_model, predict_logits
 from pointparse.images import write_image, write_label_png
-from pointparse.evaluate import ConfusionMatrix
 from pointparse.model import IMAGENET_MEAN, IMAGENET_STD
 from pointparse.transforms import normalise
 
