@@ -46,6 +46,15 @@ the code below, so a resumed study cannot drift from them):
   epochs, 30.5, above round 1's 27.7): ``--only labelmefacade --seeds 1 0 --rounds 1`` next,
   because a LabelMeFacade run costs a quarter of a CamVid one, so only there do three seeds of
   round 1 fit in a session. The rule needs both datasets; this completes one of them.
+* **Round 2 on LabelMeFacade** (added 2026-12-06 09:05, before any round-2 run): round 1's
+  models of seeds 0 and 1 are kept from the last session, seed 2's is not (phase R's). Two
+  invocations run side by side (``--only labelmefacade --rounds 2``, one ``--seeds 0 1``, one
+  ``--seeds 2``, ``--parallel 3`` each) so that seed 2's chain (round 0 and round 1 trained
+  again, then round 2) overlaps the other seeds' round 2 and 36-epoch baselines. Seed 2's round 0
+  and round 1 are then trained again in this session's environment: their later lines are the
+  ones the verdict reads (round 1's pairs with the 24-epoch ``cpu-clicks`` of the same session).
+  Round 2 is named by the rule above only if it passes on both datasets; LabelMeFacade alone
+  can only reject it.
 * SAM labels (combined with the pseudo-labels) are not in this plan: they need the SAM label
   sets of both training splits (issue 21), a later plan.
 
