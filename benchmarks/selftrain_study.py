@@ -46,7 +46,7 @@ the code below, so a resumed study cannot drift from them):
   epochs, 30.5, above round 1's 27.7): ``--only labelmefacade --seeds 1 0 --rounds 1`` next,
   because a LabelMeFacade run costs a quarter of a CamVid one, so only there do three seeds of
   round 1 fit in a session. The rule needs both datasets; this completes one of them.
-* **Round 2 on LabelMeFacade** (added 2026-12-06 09:05, before any round-2 run): round 1's
+* **Round 2 on LabelMeFacade** (added 2026-12-06 08:56, before any round-2 run): round 1's
   models of seeds 0 and 1 are kept from the last session, seed 2's is not (phase R's). Two
   invocations run side by side (``--only labelmefacade --rounds 2``, one ``--seeds 0 1``, one
   ``--seeds 2``, ``--parallel 3`` each) so that seed 2's chain (round 0 and round 1 trained
