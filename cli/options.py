@@ -77,6 +77,7 @@ def window_options(fn):
 cache_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                             help=f"Cache root (default: ${CACHE_ENV} or ./.pointparse-cache).")
 force_option = click.option("--force", is_flag=True, help="Recompute even when a cached artefact matches.")
-content_option = click.option("--content-hash", is_flag=True,
-                              help="Fingerprint dataset files by content instead of size+mtime.")
+content_option = click.option("--content-hash/--stat-hash", default=True, show_default=True,
+                              help="Fingerprint dataset files by their bytes (read once per untouched split; "
+                                   "a copied or touched dataset keeps its artefacts) or by size+mtime.")
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -102,6 +102,12 @@ class StageCache:
         return DataError(exc.filename or self.root, f"cannot write into the cache {self.root} ({self.origin}): "
                                                     f"{describe_os_error(exc)}; choose a writable --cache-dir")
 
+    @property
+    def file_hashes(self) -> Path:
+        """The memo of dataset content fingerprints (:func:`pointparse.keys.fingerprint_files`): a
+        dot folder, so it is never a stage and ``cache --clear`` leaves it (it only saves reading)."""
+        return self.root / ".file-hashes"
+
     def path_for(self, stage: str, key: str) -> Path:
         return self.root / stage / key[:2] / key
 

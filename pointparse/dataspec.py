@@ -84,13 +84,15 @@ def open_spec(spec: DatasetSpec, cache: StageCache) -> SegmentationDataset:
     return open_dataset(spec.kind, spec.root, split=spec.split, **spec.options)
 
 
-def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset | None = None, content: bool = False) -> dict:
+def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset | None = None, content: bool = True,
+                        memo: Path | None = None) -> dict:
     """What identifies a dataset split in a cache key: kind, split, options and its files.
 
     The root path itself is left out (files are fingerprinted relative to it), so the same data
     at another path with the same files reuses artefacts. Synthetic scenes are identified by the
     key of the stage that generates them (they are a pure function of their options), so their
-    fingerprint needs no generated files.
+    fingerprint needs no generated files. ``content``/``memo``: :func:`pointparse.keys.fingerprint_files`
+    (the stages pass their cache's memo, so the bytes are read once per untouched split).
     """
     if spec.kind == SYNTHETIC_KIND:
         return {"kind": spec.kind, "split": spec.split, "scenes": scenes_key(spec.options)}
@@ -101,14 +103,15 @@ def dataset_fingerprint(spec: DatasetSpec, dataset: SegmentationDataset | None =
         "split": spec.split,
         "options": spec.options,
         "protocol": dataset.info.protocol,
-        "files": fingerprint_files(dataset.files(), content=content, base=dataset.root),
+        "files": fingerprint_files(dataset.files(), content=content, base=dataset.root, memo=memo),
         "content_hash": bool(content),
     }
 
 
-def spec_fingerprint(spec: DatasetSpec, cache: StageCache, content: bool = False) -> dict:
+def spec_fingerprint(spec: DatasetSpec, cache: StageCache, content: bool = True) -> dict:
     """:func:`dataset_fingerprint` opening the split only when it must (never generating scenes)."""
-    return dataset_fingerprint(spec, None if spec.kind == SYNTHETIC_KIND else open_spec(spec, cache), content)
+    return dataset_fingerprint(spec, None if spec.kind == SYNTHETIC_KIND else open_spec(spec, cache), content,
+                               cache.file_hashes)
 
 
 def class_difference(theirs, ours) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 
 import pytest
 
+from pointparse import keys
 from pointparse.cache import StageCache, cache_root
 from pointparse.keys import canonical_json, fingerprint_files, stage_key
 from pointparse.errors import DataError
@@ -100,6 +102,42 @@ def test_fingerprint_changes_with_touch_and_content(tmp_path):
     assert fingerprint_files([f], content=True, base=tmp_path) != c1
     with pytest.raises(DataError, match="missing.png"):
         fingerprint_files([tmp_path / "missing.png"])
+
+
+def test_content_fingerprint_memo(tmp_path):
+    """The memo answers for an untouched set, a touched or copied set is read again and keeps its
+    fingerprint, an entry is never written when a file changed while it was read, and a memo that
+    cannot be written into only costs the reading."""
+    data, memo = tmp_path / "data", tmp_path / "cache" / ".file-hashes"
+    data.mkdir()
+    for i in range(3):
+        (data / f"{i}.png").write_bytes(bytes([i]) * 10)
+    files = sorted(data.iterdir())
+    truth = fingerprint_files(files, content=True, base=data)
+    assert fingerprint_files(files, content=True, base=data, memo=memo) == truth
+    (entry,) = memo.iterdir()
+    entry.write_text("f" * 64 + "\n")  # a planted answer shows the memo is what answers now
+    assert fingerprint_files(files, content=True, base=data, memo=memo) == "f" * 64
+    st = files[0].stat()
+    os.utime(files[0], ns=(st.st_atime_ns, st.st_mtime_ns + 10_000_000))  # touched: read again
+    assert fingerprint_files(files, content=True, base=data, memo=memo) == truth
+    copy = tmp_path / "copy"
+    shutil.copytree(data, copy)
+    assert fingerprint_files(sorted(copy.iterdir()), content=True, base=copy, memo=memo) == truth
+    assert len(list(memo.iterdir())) == 3  # before and after the touch, and the copy
+    for e in memo.iterdir():
+        e.write_text("not a digest")
+    assert fingerprint_files(files, content=True, base=data, memo=memo) == truth  # a bad entry is ignored
+
+    stats = [f.stat() for f in files]
+    files[1].write_bytes(b"changed!!!")  # after its stat, as if written while it was read
+    keys._remember(memo / "late.sha256", truth, files, stats)
+    assert not (memo / "late.sha256").exists()
+
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the memo folder would be")
+    now = fingerprint_files(files, content=True, base=data)
+    assert fingerprint_files(files, content=True, base=data, memo=blocked / "memo") == now  # read, not remembered
 
 
 def test_cache_root_env(monkeypatch, tmp_path):

@@ -74,16 +74,23 @@ def test_make_points_caches_and_invalidates(tmp_path, monkeypatch):
 
     m = root / "masks" / "im0.png"
     st = m.stat()
-    os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a touched mask: new key
+    os.utime(m, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))  # a touched mask: same bytes, same key
+    assert "reused cached artefact" in _invoke(*args).output and len(calls) == 2
+    r = _invoke(*args, "--stat-hash")  # fingerprinted by size+mtime: a key of its own
+    assert "wrote artefact" in r.output and len(calls) == 3
+    assert "reused cached artefact" in _invoke(*args, "--stat-hash").output
+    mask = np.array(Image.open(m))
+    mask[0, 0] = 1 - mask[0, 0] if mask[0, 0] in (0, 1) else 0
+    Image.fromarray(mask).save(m)  # a changed mask: new key
     r4 = _invoke(*args)
-    assert "wrote artefact" in r4.output and len(calls) == 3
+    assert "wrote artefact" in r4.output and len(calls) == 4
 
     r5 = _invoke(*args, "--force")
-    assert "wrote artefact" in r5.output and len(calls) == 4
+    assert "wrote artefact" in r5.output and len(calls) == 5
 
     # the worker count does not change the output, so it does not change the key either
     r6 = _invoke(*args[:-2], "--workers", "2")
-    assert "reused cached artefact" in r6.output and len(calls) == 4
+    assert "reused cached artefact" in r6.output and len(calls) == 5
 
 
 def test_env_var_chooses_cache_root(tmp_path, monkeypatch):

@@ -79,7 +79,7 @@ class AblateExtension(Stage):
     checkpoint: Upstream | None = None
     train: AblationTrainConfig | None = None
     train_points: Upstream | None = None
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
     row_builder: Callable = field(default=extension_row, repr=False)
     dataset: SegmentationDataset | None = field(default=None, repr=False)
@@ -118,7 +118,7 @@ class AblateExtension(Stage):
     @cached_property
     def dataset_fp(self) -> dict:
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.split_dataset()
-        return dataset_fingerprint(self.spec, ds, self.content_hash)
+        return dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)
 
     @cached_property
     def checkpoint_fp(self) -> str | None:
@@ -135,7 +135,8 @@ class AblateExtension(Stage):
 
     @cached_property
     def train_dataset_fp(self) -> dict:
-        return dataset_fingerprint(self.train_spec, self.train_dataset, self.content_hash)
+        return dataset_fingerprint(self.train_spec, self.train_dataset, self.content_hash,
+                                   self.cache.file_hashes)
 
     @cached_property
     def train_points_artefact(self) -> Upstream:
@@ -243,7 +244,7 @@ def _ref(up: Upstream) -> str:
 
 def run_ablation(checkpoint: str | Path | None, spec: DatasetSpec, points: str | Path, cfg: AblationConfig,
                  cache: StageCache, train: AblationTrainConfig | None = None, force: bool = False,
-                 content_hash: bool = False, progress: bool = True, row_builder: Callable | None = None) -> AblationResult:
+                 content_hash: bool = True, progress: bool = True, row_builder: Callable | None = None) -> AblationResult:
     """:class:`AblateExtension` in one call (the library's and the CLI's entry).
 
     ``points``: a make-points artefact (folder or key) of the split; ``checkpoint``: a train
@@ -259,7 +260,7 @@ def run_ablation(checkpoint: str | Path | None, spec: DatasetSpec, points: str |
 
 
 def plan_ablation(spec: DatasetSpec, dataset: SegmentationDataset | None, points_key: str, checkpoint: Path | None,
-                  cfg: AblationConfig, content_hash: bool = False) -> str:
+                  cfg: AblationConfig, content_hash: bool = True) -> str:
     """The key :func:`run_ablation` (without ``train``) gives its table artefact, computed without
     running anything. ``dataset``: the split opened (None: opened here; synthetic needs none);
     ``checkpoint``: the model.pt file or None."""

@@ -39,7 +39,7 @@ class Evaluate(Stage):
     spec: DatasetSpec
     config: EvalConfig
     cache: StageCache
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
 
     @classmethod
@@ -57,7 +57,7 @@ class Evaluate(Stage):
             raise KeyUnknown("train")
         return (dataclasses.replace(self.config, workers=0, device=""),
                 {"dataset": dataset_fingerprint(self.spec, None if self.spec.kind == SYNTHETIC_KIND else self.dataset,
-                                                 self.content_hash),
+                                                 self.content_hash, self.cache.file_hashes),
                  "checkpoint": content_fingerprint(self.checkpoint)})
 
     def build(self, tmp: Path) -> dict:
@@ -68,7 +68,7 @@ class Evaluate(Stage):
 
 
 def run_evaluate(checkpoint: str | Path, spec: DatasetSpec, eval_cfg: EvalConfig, cache: StageCache,
-                 force: bool = False, content_hash: bool = False, progress: bool = True) -> StageResult:
+                 force: bool = False, content_hash: bool = True, progress: bool = True) -> StageResult:
     """:class:`Evaluate` of a trained model (artefact folder, key or .pt file) in one call."""
     return Evaluate(resolve_checkpoint(checkpoint, cache), spec, eval_cfg, cache, content_hash, progress).run(force)
 

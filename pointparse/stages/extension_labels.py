@@ -123,7 +123,7 @@ class ExtensionLabels(Stage):
     cache: StageCache
     points: Upstream
     checkpoint: Upstream | None = None
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
     dataset: SegmentationDataset | None = field(default=None, repr=False)
     sam: Any = field(default=None, repr=False)
@@ -150,7 +150,7 @@ class ExtensionLabels(Stage):
     def plan(self):
         cfg = self.config
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.split_dataset()
-        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash), "points": self.points.require_key()}
+        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes), "points": self.points.require_key()}
         if cfg.needs_network and self.checkpoint is None:
             raise ConfigError(f"extension method {cfg.method!r} with {cfg.kmeans_features} features needs a checkpoint")
         fp = content_fingerprint(self.checkpoint_file) if cfg.needs_network else None
@@ -194,7 +194,7 @@ class ExtensionLabels(Stage):
 
 
 def run_extension_labels(spec: DatasetSpec, points: str | Path, cfg: ExtensionLabelsConfig, cache: StageCache,
-                         checkpoint: str | Path | None = None, force: bool = False, content_hash: bool = False,
+                         checkpoint: str | Path | None = None, force: bool = False, content_hash: bool = True,
                          progress: bool = True, sam=None) -> StageResult:
     """:class:`ExtensionLabels` in one call (the library's and the CLI's entry). ``points``: a
     make-points or import-clicks artefact (folder or key) of the split; ``checkpoint``: a train

@@ -66,7 +66,7 @@ class ImportClicks(Stage):
     spec: DatasetSpec
     config: ImportClicksConfig
     cache: StageCache
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -95,7 +95,7 @@ class ImportClicks(Stage):
         params = {"format": self.config.format, "class_map": self.class_map}
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.dataset
         return params, {"clicks": click_file_fingerprint(self.clicks),
-                        "dataset": dataset_fingerprint(self.spec, ds, self.content_hash)}
+                        "dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)}
 
     def build(self, tmp: Path) -> dict:
         stats = import_clicks(self.clicks, self.config.format, self.dataset, self.class_map, tmp, progress=self.progress)
@@ -104,7 +104,7 @@ class ImportClicks(Stage):
 
 
 def run_import_clicks(path: str | Path, fmt: str, spec: DatasetSpec, cache: StageCache,
-                      class_map: dict | str | Path | None = None, force: bool = False, content_hash: bool = False,
+                      class_map: dict | str | Path | None = None, force: bool = False, content_hash: bool = True,
                       progress: bool = True) -> StageResult:
     """:class:`ImportClicks` run in one call (the library's and the CLI's entry); returns the
     :class:`~pointparse.cache.StageResult`, whose folder is accepted wherever a make-points one is."""

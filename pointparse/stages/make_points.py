@@ -29,7 +29,7 @@ class MakePoints(Stage):
     spec: DatasetSpec
     config: MakePointsConfig
     cache: StageCache
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
     make: Callable | None = None
 
@@ -43,7 +43,7 @@ class MakePoints(Stage):
 
     def plan(self):
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.dataset
-        return dataclasses.replace(self.config, workers=None), {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash)}
+        return dataclasses.replace(self.config, workers=None), {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)}
 
     def build(self, tmp: Path) -> dict:
         stats = (self.make or make_points)(self.dataset, self.config, tmp, progress=self.progress)
@@ -52,6 +52,6 @@ class MakePoints(Stage):
 
 
 def run_make_points(spec: DatasetSpec, cfg: MakePointsConfig, cache: StageCache, force: bool = False,
-                    content_hash: bool = False, progress: bool = True, make: Callable | None = None) -> StageResult:
+                    content_hash: bool = True, progress: bool = True, make: Callable | None = None) -> StageResult:
     """:class:`MakePoints` run in one call (the library's and the CLI's entry)."""
     return MakePoints(spec, cfg, cache, content_hash, progress, make).run(force)

@@ -57,7 +57,7 @@ class PseudoLabels(Stage):
     cache: StageCache
     points: Upstream
     labels: Upstream | None = None
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
 
     @classmethod
@@ -78,7 +78,7 @@ class PseudoLabels(Stage):
         if self.checkpoint is None:
             raise KeyUnknown("train")
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.dataset
-        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash),
+        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes),
                   "checkpoint": content_fingerprint(self.checkpoint), "points": self.points.require_key(),
                   "labels": self.labels.require_key() if self.labels is not None else None}
         return dataclasses.replace(self.config, device=""), inputs
@@ -114,7 +114,7 @@ class PseudoLabels(Stage):
 
 def run_pseudo_labels(checkpoint: str | Path, spec: DatasetSpec, points: str | Path, config: PseudoLabelConfig,
                       cache: StageCache, labels: str | Path | None = None, force: bool = False,
-                      content_hash: bool = False, progress: bool = True) -> StageResult:
+                      content_hash: bool = True, progress: bool = True) -> StageResult:
     """:class:`PseudoLabels` in one call: ``checkpoint`` a train artefact (folder, key) or model.pt,
     ``points`` a make-points / import-clicks artefact, ``labels`` a label-set artefact."""
     pts = Upstream.find_points(points, cache)

@@ -73,7 +73,8 @@ class Report(Stage):
             man = ext.parent / MANIFEST
             inputs["extension"] = (read_json(man).get("key") if man.is_file() else None) or content_fingerprint(ext)
         if self.dataset is not None and qualitative_images > 0:
-            inputs["dataset"] = dataset_fingerprint(self.dataset, open_spec(self.dataset, self.cache))
+            inputs["dataset"] = dataset_fingerprint(self.dataset, open_spec(self.dataset, self.cache),
+                                                   memo=self.cache.file_hashes)
         params = {"qualitative_images": qualitative_images,
                   "dataset": dataclasses.asdict(self.dataset) if self.dataset is not None else None}
         return loaded, ext, params, inputs

@@ -77,7 +77,7 @@ class Train(Stage):
     eval_config: EvalConfig = field(default_factory=EvalConfig)
     gpus: int = 0
     torchrun_args: list[str] | None = None
-    content_hash: bool = False
+    content_hash: bool = True
     progress: bool = True
     labels: Upstream | None = None
 
@@ -103,7 +103,7 @@ class Train(Stage):
         if spec.kind == SYNTHETIC_KIND:
             return dataset_fingerprint(spec)
         ds = self.dataset if spec == self.spec else open_spec(spec, self.cache)
-        return dataset_fingerprint(spec, ds, self.content_hash)
+        return dataset_fingerprint(spec, ds, self.content_hash, self.cache.file_hashes)
 
     def plan(self):
         """Workers, device and the process layout change nothing but speed, so they stay out of it."""
@@ -201,7 +201,7 @@ class Train(Stage):
 
 def run_train(spec: DatasetSpec, train_cfg: TrainConfig, cache: StageCache, points: str | Path | None = None,
               val_split: str | None = None, eval_cfg: EvalConfig | None = None, gpus: int = 0, force: bool = False,
-              content_hash: bool = False, progress: bool = True, torchrun_args: list[str] | None = None,
+              content_hash: bool = True, progress: bool = True, torchrun_args: list[str] | None = None,
               labels: str | Path | None = None) -> StageResult:
     """:class:`Train` run in one call; ``points`` is a make-points artefact folder or key, ``labels``
     a pseudo-labels or extension-labels artefact folder or key."""
