@@ -193,9 +193,13 @@ def cache_cmd(clear_stage, cache_dir):
         return
     click.echo(f"cache root: {cache.root.resolve()}")
     if cache.root.is_dir():
-        for d in sorted(p for p in cache.root.iterdir() if p.is_dir()):
+        for d in sorted(p for p in cache.root.iterdir() if p.is_dir() and p != cache.file_hashes):
             n = sum(1 for _ in d.glob("*/*/manifest.json"))
             click.echo(f"  {d.name:18s} {n} artefact(s)")
+        if cache.file_hashes.is_dir():
+            n = sum(1 for _ in cache.file_hashes.glob("*.sha256"))
+            click.echo(f"  ({n} remembered dataset fingerprint(s) in {cache.file_hashes.name}/: not artefacts, "
+                       "never cleared, a few bytes each)")
 
 
 @main.command("run")

@@ -69,6 +69,9 @@ def test_make_points_caches_and_invalidates(tmp_path, monkeypatch):
 
     r2 = _invoke(*args)
     assert "reused cached artefact" in r2.output and len(calls) == 1  # no work on a hit
+    listing = _invoke("cache", "--cache-dir", cache).output
+    assert "make-points        1 artefact(s)" in listing and "1 remembered dataset fingerprint(s)" in listing
+    assert ".file-hashes " not in listing  # the memo is not a stage
 
     r3 = _invoke(*args, "--seed", "1")  # a changed parameter: new key
     assert "wrote artefact" in r3.output and len(calls) == 2 and len(_manifests(cache)) == 2
