@@ -115,10 +115,15 @@ class AblateExtension(Stage):
     def network(self) -> Network | None:
         return Network(self.checkpoint.require_path(), self.config.device, self.cache) if self.checkpoint else None
 
+    @property
+    def _memo(self) -> Path | None:
+        """The cache's fingerprint memo; none for :func:`plan_ablation`, which plans without a cache."""
+        return self.cache.file_hashes if self.cache is not None else None
+
     @cached_property
     def dataset_fp(self) -> dict:
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.split_dataset()
-        return dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)
+        return dataset_fingerprint(self.spec, ds, self.content_hash, self._memo)
 
     @cached_property
     def checkpoint_fp(self) -> str | None:
@@ -135,8 +140,7 @@ class AblateExtension(Stage):
 
     @cached_property
     def train_dataset_fp(self) -> dict:
-        return dataset_fingerprint(self.train_spec, self.train_dataset, self.content_hash,
-                                   self.cache.file_hashes)
+        return dataset_fingerprint(self.train_spec, self.train_dataset, self.content_hash, self._memo)
 
     @cached_property
     def train_points_artefact(self) -> Upstream:
