@@ -150,7 +150,8 @@ class ExtensionLabels(Stage):
     def plan(self):
         cfg = self.config
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.split_dataset()
-        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes), "points": self.points.require_key()}
+        inputs = {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes),
+                  "points": self.points.require_key()}
         if cfg.needs_network and self.checkpoint is None:
             raise ConfigError(f"extension method {cfg.method!r} with {cfg.kmeans_features} features needs a checkpoint")
         fp = content_fingerprint(self.checkpoint_file) if cfg.needs_network else None

@@ -43,7 +43,8 @@ class MakePoints(Stage):
 
     def plan(self):
         ds = None if self.spec.kind == SYNTHETIC_KIND else self.dataset
-        return dataclasses.replace(self.config, workers=None), {"dataset": dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)}
+        fp = dataset_fingerprint(self.spec, ds, self.content_hash, self.cache.file_hashes)
+        return dataclasses.replace(self.config, workers=None), {"dataset": fp}
 
     def build(self, tmp: Path) -> dict:
         stats = (self.make or make_points)(self.dataset, self.config, tmp, progress=self.progress)
