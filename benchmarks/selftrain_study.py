@@ -55,6 +55,12 @@ the code below, so a resumed study cannot drift from them):
   ones the verdict reads (round 1's pairs with the 24-epoch ``cpu-clicks`` of the same session).
   Round 2 is named by the rule above only if it passes on both datasets; LabelMeFacade alone
   can only reject it.
+* **CamVid seeds 1 and 0 of round 1** (added 2026-12-06 11:45, before their runs): two
+  invocations side by side (``--only camvid --rounds 1 --parallel 2 --deadline 3600``, one
+  ``--seeds 1``, one ``--seeds 0``): round 0 trained again (no kept model), then round 1 and
+  ``cpu-clicks`` at 24 epochs. The deadline keeps FullSup at 24 epochs of these seeds from
+  starting (it would add ~50 min to a ~100-min run that has to end inside the session); CamVid's
+  FullSup at equal steps stays seed 2's, and fractions of it are over seed 2.
 * SAM labels (combined with the pseudo-labels) are not in this plan: they need the SAM label
   sets of both training splits (issue 21), a later plan.
 
