@@ -1,7 +1,7 @@
 """Training-step overhead: the full step (point CE + PDML + online extension) vs the bare model.
 
 Both are measured in one run on the same batch and model: the bare step is forward, a trivial
-loss on the logits, backward and an SGD step; the full step is :func:`pointparse.train.compute_losses`
+loss on the logits, backward and an SGD step; the full step is :func:`pointparse.objective.compute_losses`
 (upsampling, extension under no_grad, point CE, embedding sampling, PDML[, Gated CRF]) + backward
 + step. The ratio full/bare of images per second is the number to watch (target ≥ 0.95).
 ``--compare-heads`` instead times the bare step of every head of the model registry side by side
@@ -25,7 +25,7 @@ import torch
 
 from pointparse.heads import HEADS
 from pointparse.model import build_model
-from pointparse.train import compute_losses
+from pointparse.objective import compute_losses
 from pointparse.train_config import TrainConfig
 
 

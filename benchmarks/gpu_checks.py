@@ -46,7 +46,8 @@ from pointparse.points import load_points  # noqa: E402
 from pointparse.simulate import MakePointsConfig  # noqa: E402
 from pointparse.stages.make_points import run_make_points  # noqa: E402
 from pointparse.step_stats import EpochSums  # noqa: E402
-from pointparse.train import compute_losses, train  # noqa: E402
+from pointparse.objective import compute_losses  # noqa: E402
+from pointparse.train import train  # noqa: E402
 from pointparse.train_config import TrainConfig  # noqa: E402
 from pointparse.transforms import AugmentConfig, TrainSamples, collate  # noqa: E402
 

@@ -183,7 +183,7 @@ def test_gated_crf_traces():
 @pytest.mark.parametrize("extension", ["agree", "score"])
 def test_whole_training_losses_trace(extension):
     # the trainer's compute_losses after the forward pass: CE + extension + CRF + PDML + stats
-    from pointparse.train import compute_losses
+    from pointparse.objective import compute_losses
     from pointparse.train_config import TrainConfig
 
     points, xy, cls, b = _clicks()

@@ -19,7 +19,8 @@ from pointparse.stages.evaluate import run_evaluate
 from pointparse.stages.make_points import run_make_points
 from pointparse.stages.train import run_train
 from pointparse.checkpoint import load_checkpoint
-from pointparse.train import compute_losses, train
+from pointparse.objective import compute_losses
+from pointparse.train import train
 from pointparse.train_config import TrainConfig
 from pointparse.transforms import AugmentConfig, TrainSamples, collate
 
