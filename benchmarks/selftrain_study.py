@@ -9,6 +9,7 @@ pseudo-labels (``label_weight`` 1) that round *r - 1*'s model gives the training
 (:func:`pointparse.pseudo_labels.write_pseudo_labels`, made inside the run's worker from the
 kept model of its parent). Every result line carries ``steps``: the optimiser steps of the run
 and of all the runs its labels came from (``epochs_before``), so rows compare at equal budgets.
+The verdict and README's rows (``--verdict``) are ``selftrain_verdict.py``'s.
 
 **Plan and rules** (written 2026-12-05 19:20, before any of its runs on real data; the rules are applied by
 the code below, so a resumed study cannot drift from them):
@@ -84,7 +85,6 @@ import time
 from pathlib import Path
 
 import recipe_study as rs
-import street_tables
 import study_runner as sr
 
 CLICK_RATES = "v3+ adamw lr8e-4"  # the click recipe's rates (round 5) = ``cpu-clicks``
@@ -266,73 +266,6 @@ def plan(study: SelfTrainStudy, views: str, seeds=SEED_ORDER, rounds: int = 2, o
             "runs_not_started": study.not_started}  # > 0: a deadline cut this invocation short
 
 
-def verdict(results: list[dict], reuse: list[dict], rule: str = DEFAULT_RULE, views: str = "1+flip") -> dict:
-    """The named-recipe rule (module docstring) on the study's lines: per dataset and round *r*,
-    its seeds against ``cpu-clicks`` and FullSup trained for the same steps ((r + 1) x 12 epochs;
-    round 0 *is* ``cpu-clicks``). ``reuse``: rounds 5/6's lines (12-epoch ``cpu-clicks`` and FullSup)."""
-    out = {}
-    for data in DATA:
-        def runs(phase, epochs, rows=results, **match):
-            return sr.seed_mious(rows, data, epochs, phase=phase, **match)
-        clicks = {1: {**runs("S", EPOCHS, reuse, row="Clicks", name=CLICK_RATES),
-                      **runs("R0", EPOCHS, name=CLICK_RATES)}}
-        full = {1: runs("S", EPOCHS, reuse, row="FullSup", name=rs.ROUND5_BASE)}
-        for k in (2, 3):
-            clicks[k] = runs("S", k * EPOCHS, row="Clicks", name=CLICK_RATES)
-            full[k] = runs("S", k * EPOCHS, row="FullSup", name=rs.ROUND5_BASE)
-        rounds = {0: clicks[1], **{r: runs("ST", EPOCHS, name=f"r{r} {rule} {views}") for r in (1, 2)}}
-        per_epoch = next((r["steps"] / (r["config"]["epochs"] + r.get("epochs_before", 0)) for r in results
-                          if r.get("data") == data and r.get("steps")), None)
-        d = {}
-        for r, got in rounds.items():
-            k = r + 1
-            row = {"seeds": got, "steps": per_epoch and int(per_epoch * k * EPOCHS), "cpu_clicks": clicks[k],
-                   "fullsup": full[k], "vs_cpu_clicks": sr.paired(got, clicks[k], SEED_ORDER),
-                   "vs_previous": sr.paired(got, rounds[r - 1], SEED_ORDER) if r else None}
-            for name, mine in (("of_fullsup", got), ("cpu_clicks_of_fullsup", clicks[k])):
-                both = [s for s in mine if s in full[k]]
-                if both:
-                    row[name] = statistics.mean(mine[s] for s in both) / statistics.mean(full[k][s] for s in both)
-            d[f"round{r}"] = row
-        out[data] = d
-    means = {r: statistics.mean(statistics.mean(out[d][f"round{r}"]["seeds"].values()) for d in DATA)
-             for r in (1, 2) if all(out[d][f"round{r}"]["seeds"] for d in DATA)}
-    best = max(means, key=means.get, default=None)
-    out["best_round"] = best
-    out["named"] = best is not None and all(out[d][f"round{best}"]["vs_cpu_clicks"]["beyond_2std"] for d in DATA)
-    return out
-
-
-def print_rows(summary: dict) -> None:
-    """README's rows (markdown) from :func:`verdict`."""
-    fmt = street_tables._fmt
-
-    def seeds(d):
-        return " / ".join(f"{d[s]:.1f}" if s in d else "–" for s in (0, 1, 2))
-
-    def frac(x):
-        return f"{x:.2f}" if x else "–"
-
-    def diffs(p):
-        if not p or not p["diffs"]:
-            return "–"
-        return ", ".join(f"{x:+.1f}" for x in p["diffs"]) + f" = {fmt(p['diffs'])}"
-
-    print("| dataset | round | steps | seeds 0 / 1 / 2 | mean ± std | round − previous round (paired) "
-          "| `cpu-clicks`, same steps | round − `cpu-clicks` (paired) | FullSup, same steps | round of FullSup "
-          "| `cpu-clicks` of FullSup |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for data in DATA:
-        for r in (0, 1, 2):
-            d = summary[data][f"round{r}"]
-            print(f"| {data} | {r} | {d['steps'] or '–'} | {seeds(d['seeds'])} | {fmt(list(d['seeds'].values()))} | "
-                  f"{diffs(d['vs_previous'])} | {fmt(list(d['cpu_clicks'].values()))} | "
-                  f"{diffs(d['vs_cpu_clicks'] if r else None)} | {fmt(list(d['fullsup'].values()))} | "
-                  f"{frac(d.get('of_fullsup'))} | {frac(d.get('cpu_clicks_of_fullsup'))} |")
-    print(f"\nbest round {summary['best_round']}; named cpu-selftrain (beyond 2 std over cpu-clicks at equal "
-          f"steps on both, three seeds): {summary['named']}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", action="append", required=True, metavar="NAME=ROOT",
@@ -380,9 +313,11 @@ def main() -> None:
         done = sr.read_jsonl(args.out)
     done += sr.read_jsonl(*args.shared)
     if args.verdict:
+        from selftrain_verdict import print_rows, verdict  # the study's module is __main__ here
+
         summary = verdict([r for r in done if "miou" in r], reuse,
                           next((r["summary"]["rule"] for r in reversed(done) if "rule" in r.get("summary", {})),
-                               DEFAULT_RULE), views)
+                               DEFAULT_RULE), views, EPOCHS)
         print(json.dumps(summary, indent=1))
         print_rows(summary)
         return
