@@ -15,7 +15,7 @@ import study_runner as sr
 
 def verdict(results: list[dict], reuse: list[dict], rule: str = st.DEFAULT_RULE, views: str = "1+flip",
             epochs: int = st.EPOCHS) -> dict:
-    """The named-recipe rule (module docstring) on the study's lines: per dataset and round *r*,
+    """The named-recipe rule (``selftrain_study.py``'s docstring) on the study's lines: per dataset and round *r*,
     its seeds against ``cpu-clicks`` and FullSup trained for the same steps ((r + 1) x 12 epochs;
     round 0 *is* ``cpu-clicks``). ``reuse``: rounds 5/6's lines (12-epoch ``cpu-clicks`` and FullSup);
     ``epochs``: one round's (the study's ``--epochs``)."""
