@@ -62,6 +62,10 @@ the code below, so a resumed study cannot drift from them):
   ``cpu-clicks`` at 24 epochs. The deadline keeps FullSup at 24 epochs of these seeds from
   starting (it would add ~50 min to a ~100-min run that has to end inside the session); CamVid's
   FullSup at equal steps stays seed 2's, and fractions of it are over seed 2.
+  Added 2026-12-06 13:31, after those runs and before these: the session had 60 minutes left, so
+  the same two invocations again with ``--resume --parallel 1`` and no deadline run the one job
+  each has left, FullSup at 24 epochs of its seed; a run not finished by the session's end is
+  killed and reported as not run.
 * SAM labels (combined with the pseudo-labels) are not in this plan: they need the SAM label
   sets of both training splits (issue 21), a later plan.
 
